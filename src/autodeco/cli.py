@@ -1,0 +1,184 @@
+"""The ``autodeco`` command: thin wrappers that parse, call the library and print."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from autodeco.engine import Completion, StreamEvent, generate, stream
+from autodeco.errors import AutoDecoError
+from autodeco.modeling import AutoDecoModelForCausalLM, read_autodeco_config
+from autodeco.sampling import SamplingParams
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Learned per-token temperature and top-p for any Hugging Face causal LM.")
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    raise typer.Exit(code=2)
+
+
+def _dtype(name: str):
+    import torch
+
+    if name not in DTYPES:
+        raise AutoDecoError(f"--dtype {name!r} is unknown; use one of {', '.join(DTYPES)}")
+    return "auto" if name == "auto" else getattr(torch, name)
+
+
+def temperature_style(temperature: float) -> str:
+    """A colour for a token sampled at this temperature: blue (0, near greedy) to red (2)."""
+    if not math.isfinite(temperature):
+        return "default"
+    x = min(max(temperature / 2.0, 0.0), 1.0)
+    return f"rgb({int(60 + 195 * x)},{int(110 + 60 * (1 - abs(2 * x - 1)))},{int(255 - 195 * x)})"
+
+
+def load_model_and_tokenizer(model: Optional[str], heads: Optional[Path], dtype: str, device: Optional[str], trust_remote_code: bool):
+    """Resolve --model/--heads into (AutoDeco model, tokenizer)."""
+    from transformers import AutoTokenizer
+
+    if heads is not None:
+        autodeco = AutoDecoModelForCausalLM.from_pretrained(heads, base=model, dtype=_dtype(dtype), device=device, trust_remote_code=trust_remote_code)
+        tokenizer_source = model or read_autodeco_config(Path(heads)).get("base_model_name_or_path")
+    elif model is not None and (Path(model) / "config.json").is_file() and _is_autodeco_dir(Path(model)):
+        autodeco = AutoDecoModelForCausalLM.from_pretrained(model, dtype=_dtype(dtype), device=device, trust_remote_code=trust_remote_code)
+        tokenizer_source = model
+    else:
+        raise AutoDecoError(
+            "--heads DIR is required unless --model is a merged AutoDeco checkpoint; make untrained heads with "
+            "`autodeco init --base BASE --out DIR`"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_source), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError) as error:
+        raise AutoDecoError(f"cannot load a tokenizer from {tokenizer_source!r} ({str(error).strip().splitlines()[0]}); pass --model with the base's folder") from error
+    return autodeco, tokenizer
+
+
+def _is_autodeco_dir(path: Path) -> bool:
+    try:
+        return json.loads((path / "config.json").read_text()).get("model_type") == "autodeco"
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+@app.command()
+def init(
+    base: Annotated[str, typer.Option(help="Base model: a local folder or a Hugging Face hub id.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write the heads to (released heads-only format).")],
+    no_statistics: Annotated[bool, typer.Option("--no-statistics", help="Top-p head without the 4 probability statistics (input H+1).")] = False,
+    seed: Annotated[int, typer.Option(help="Seed for the heads' random initialisation.")] = 0,
+    trust_remote_code: Annotated[bool, typer.Option(help="Run code shipped with the base model (off unless you trust it).")] = False,
+) -> None:
+    """Write new, untrained heads for BASE to --out."""
+    import torch
+
+    try:
+        with err.status(f"Loading {base} ..."):
+            torch.manual_seed(seed)
+            model = AutoDecoModelForCausalLM.from_base(base, use_enhanced_features=not no_statistics, trust_remote_code=trust_remote_code)
+            model.save_pretrained(out_dir)
+    except AutoDecoError as error:
+        _fail(str(error))
+    size = sum(p.numel() for p in model.heads.parameters())
+    err.print(f"Wrote untrained heads ({size:,} parameters, hidden size {model.heads.hidden_size}) for {base} to {out_dir}")
+
+
+@app.command("generate")
+def generate_command(
+    prompt: Annotated[str, typer.Option(help="The prompt text.")],
+    model: Annotated[Optional[str], typer.Option(help="Base model folder or hub id (or a merged AutoDeco checkpoint).")] = None,
+    heads: Annotated[Optional[Path], typer.Option(help="Heads folder (released heads-only format).")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Most new tokens to generate.")] = 128,
+    seed: Annotated[Optional[int], typer.Option(help="Seed: the same seed gives the same text.")] = None,
+    decoding: Annotated[str, typer.Option(help="autodeco (learned T, P), static (--temperature, --top-p) or greedy.")] = "autodeco",
+    temperature_scale: Annotated[float, typer.Option(help="Multiplier on the learned temperature (0 = greedy).")] = 1.0,
+    top_p_scale: Annotated[float, typer.Option(help="Multiplier on the learned top-p (result clamped to [0, 1]).")] = 1.0,
+    t_min: Annotated[float, typer.Option(help="Lower bound on the temperature used.")] = 0.0,
+    t_max: Annotated[float, typer.Option(help="Upper bound on the temperature used.")] = math.inf,
+    p_min: Annotated[float, typer.Option(help="Lower bound on the top-p used.")] = 0.0,
+    p_max: Annotated[float, typer.Option(help="Upper bound on the top-p used.")] = 1.0,
+    temperature: Annotated[float, typer.Option(help="Temperature for --decoding static.")] = 1.0,
+    top_p: Annotated[float, typer.Option(help="Top-p for --decoding static.")] = 1.0,
+    top_k: Annotated[int, typer.Option(help="Keep the k most likely tokens (0 = off).")] = 0,
+    min_p: Annotated[float, typer.Option(help="Keep tokens with p >= min_p * p_max (0 = off).")] = 0.0,
+    stop: Annotated[Optional[list[str]], typer.Option(help="Stop string (repeatable).")] = None,
+    chat: Annotated[bool, typer.Option(help="Wrap the prompt in the tokenizer's chat template.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: text, finish_reason, tokens with T and P.")] = False,
+    color: Annotated[bool, typer.Option(help="Colour each streamed token by its temperature (blue = low, red = high).")] = False,
+    dtype: Annotated[str, typer.Option(help=f"Weights dtype: {', '.join(DTYPES)}.")] = "auto",
+    device: Annotated[Optional[str], typer.Option(help="Device, e.g. cpu or cuda.")] = None,
+    trust_remote_code: Annotated[bool, typer.Option(help="Run code shipped with the model (off unless you trust it).")] = False,
+) -> None:
+    """Generate a completion, decoding with the learned per-token temperature and top-p."""
+    try:
+        params = SamplingParams(
+            decoding=decoding, temperature_scale=temperature_scale, top_p_scale=top_p_scale,
+            t_min=t_min, t_max=t_max, p_min=p_min, p_max=p_max, temperature=temperature, top_p=top_p,
+            top_k=top_k, min_p=min_p, max_new_tokens=max_new_tokens, stop=tuple(stop or ()), seed=seed,
+        )
+        if not prompt.strip():
+            raise AutoDecoError("the prompt is empty; pass some text with --prompt")
+        with err.status("Loading model ..."):
+            autodeco, tokenizer = load_model_and_tokenizer(model, heads, dtype, device, trust_remote_code)
+        if as_json:
+            out.print_json(data=generate(autodeco, tokenizer, prompt, params, chat=chat)[0].to_dict())
+        else:
+            print_stream(stream(autodeco, tokenizer, prompt, params, chat=chat), color=color)
+    except AutoDecoError as error:
+        _fail(str(error))
+
+
+def print_stream(events, color: bool) -> list[Completion]:
+    """Print streamed text (coloured per token if asked) and a one-line summary per answer."""
+    traces, reason = [], ""
+    for event in events:
+        event: StreamEvent
+        traces.extend(event.tokens)
+        if color:
+            for token in event.tokens:
+                out.print(Text(token.text, style=temperature_style(token.temperature)), end="")
+        else:
+            out.print(Text(event.text), end="")
+        reason = event.finish_reason or reason
+    out.print()
+    if traces:
+        mean_t = sum(t.temperature for t in traces) / len(traces)
+        mean_p = sum(t.top_p for t in traces) / len(traces)
+        err.print(f"[dim]{len(traces)} tokens, finish: {reason}, mean T {mean_t:.3f}, mean P {mean_p:.3f}[/]")
+    return traces
+
+
+@app.command()
+def demo(
+    max_new_tokens: Annotated[int, typer.Option(help="New tokens per prompt.")] = 24,
+    seed: Annotated[int, typer.Option(help="Seed for the model, the heads and sampling.")] = 0,
+) -> None:
+    """Placeholder demo: untrained heads on a tiny random Llama (the real one needs trained Gemma heads)."""
+    import torch
+
+    from autodeco.tiny import tiny_model, tiny_tokenizer
+
+    err.print(
+        "[bold yellow]Placeholder demo:[/] a tiny, randomly initialised Llama with UNTRAINED heads. The text is noise;\n"
+        "what it shows is the pipeline: one forward pass gives logits, T and P; every token is sampled with its own T and P.\n"
+        "Tokens are coloured by their temperature (blue = low, red = high)."
+    )
+    torch.manual_seed(seed)
+    model = AutoDecoModelForCausalLM.from_base(tiny_model("llama", seed=seed))
+    tokenizer = tiny_tokenizer()
+    prompts = ["Question: What is 2 + 3? Answer:", "Question: Tom has 3 apples and eats one. How many are left? Answer:", "Once upon a time"]
+    for index, prompt in enumerate(prompts):
+        out.print(f"\n[bold]{prompt}[/]", markup=True)
+        print_stream(stream(model, tokenizer, prompt, SamplingParams(max_new_tokens=max_new_tokens, seed=seed + index)), color=True)

@@ -1,0 +1,209 @@
+"""Text in, text out: prompts -> tokens -> :mod:`autodeco.decoding` -> completions or a stream.
+
+Adds what needs the tokenizer: chat templates, incremental detokenisation, stop strings (never
+streamed past: text that could still become a stop string is held back), and per-completion
+traces of the temperature and top-p used for every token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from autodeco.decoding import decode, left_pad
+from autodeco.errors import AutoDecoError
+from autodeco.sampling import SamplingParams
+
+Prompt = str | list[dict[str, str]]  # plain text, or chat messages [{"role": ..., "content": ...}]
+
+
+@dataclass
+class TokenTrace:
+    """One generated token with the temperature and top-p that sampled it."""
+
+    token_id: int
+    text: str
+    temperature: float
+    top_p: float
+
+
+@dataclass
+class Completion:
+    """A finished answer: text (stop string and EOS removed), its tokens with T and P, and why it
+    ended: "stop" (EOS or a stop string) or "length" (max_new_tokens or the context limit)."""
+
+    text: str
+    tokens: list[TokenTrace]
+    finish_reason: str
+    prompt_tokens: int
+
+    @property
+    def token_ids(self) -> list[int]:
+        return [t.token_id for t in self.tokens]
+
+    @property
+    def temperatures(self) -> list[float]:
+        return [t.temperature for t in self.tokens]
+
+    @property
+    def top_ps(self) -> list[float]:
+        return [t.top_p for t in self.tokens]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``--json`` shape: text, finish_reason and each token with its T and P."""
+        return {
+            "text": self.text,
+            "finish_reason": self.finish_reason,
+            "tokens": [{"token": t.text, "token_id": t.token_id, "temperature": t.temperature, "top_p": t.top_p} for t in self.tokens],
+        }
+
+
+@dataclass
+class StreamEvent:
+    """New text for prompt ``index``: the tokens sampled this step (usually one) and, on the
+    last event of that prompt, its finish reason."""
+
+    index: int
+    text: str
+    tokens: list[TokenTrace]
+    finish_reason: str | None = None
+
+
+@dataclass
+class _RowText:
+    """Incremental detokenisation of one row, with stop-string detection and hold-back."""
+
+    tokenizer: PreTrainedTokenizerBase
+    stop: tuple[str, ...]
+    eos_ids: set[int]
+    ids: list[int] = field(default_factory=list)
+    text: str = ""  # decoded text, cut at a stop string once one is seen
+    emitted: int = 0  # characters of text already streamed
+    stopped: bool = False
+    last_piece: str = ""  # the text the last token added
+
+    def add(self, token_id: int) -> None:
+        """Append a token and decode; sets ``stopped`` if a stop string appeared."""
+        self.last_piece = ""
+        if token_id in self.eos_ids:
+            return
+        before = self.text
+        self.ids.append(token_id)
+        self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        for stop in self.stop:
+            start = self.text.find(stop, max(0, len(before) - len(stop) + 1))
+            if start >= 0:
+                self.text, self.stopped = self.text[:start], True
+        self.last_piece = self.text[len(before):] if self.text.startswith(before) else ""
+
+    def flushable(self, final: bool) -> str:
+        """Text safe to stream now: all of it at the end; otherwise hold back an incomplete UTF-8
+        character and any tail that could still grow into a stop string."""
+        hold = 0
+        if not final:
+            hold = 1 if self.text.endswith("\ufffd") else 0
+            for stop in self.stop:
+                for size in range(min(len(stop) - 1, len(self.text)), 0, -1):
+                    if self.text.endswith(stop[:size]):
+                        hold = max(hold, size)
+                        break
+        end = len(self.text) - hold
+        end = max(end, self.emitted)
+        chunk, self.emitted = self.text[self.emitted:end], end
+        return chunk
+
+
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt], chat: bool) -> list[list[int]]:
+    """Token ids per prompt; with ``chat`` (or message lists) through the tokenizer's chat template."""
+    encoded = []
+    for index, prompt in enumerate(prompts):
+        is_messages = isinstance(prompt, list)
+        if (is_messages and not prompt) or (not is_messages and not str(prompt).strip()):
+            raise AutoDecoError(f"prompt {index} is empty; give every prompt some text")
+        if chat or is_messages:
+            if not getattr(tokenizer, "chat_template", None):
+                raise AutoDecoError("this tokenizer has no chat template; drop --chat/chat=True and send plain text prompts")
+            messages = prompt if is_messages else [{"role": "user", "content": prompt}]
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            encoded.append(tokenizer(text, add_special_tokens=False).input_ids)
+        else:
+            encoded.append(tokenizer(prompt).input_ids)
+    return encoded
+
+
+def _eos_ids(model: Any, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    ids: set[int] = set()
+    for source in (model.llm.generation_config.eos_token_id, model.config.get_text_config().eos_token_id, tokenizer.eos_token_id):
+        if source is not None:
+            ids.update([source] if isinstance(source, int) else source)
+    return ids
+
+
+def stream(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Prompt | Sequence[Prompt],
+    params: SamplingParams | Sequence[SamplingParams] | None = None,
+    *,
+    chat: bool = False,
+) -> Iterator[StreamEvent]:
+    """Generate for all prompts in one batch, yielding text as it is decoded.
+
+    ``params`` is one :class:`SamplingParams` for every prompt or one per prompt.
+    """
+    prompt_list: list[Prompt] = [prompts] if isinstance(prompts, str) or _is_messages(prompts) else list(prompts)
+    if not prompt_list:
+        raise AutoDecoError("no prompts given")
+    params = params or SamplingParams()
+    param_list = [params] * len(prompt_list) if isinstance(params, SamplingParams) else list(params)
+    if len(param_list) != len(prompt_list):
+        raise AutoDecoError(f"{len(param_list)} sampling params for {len(prompt_list)} prompts; give one, or one per prompt")
+    token_ids = encode_prompts(tokenizer, prompt_list, chat)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    input_ids, attention_mask = left_pad(token_ids, pad, model.device)
+    eos = _eos_ids(model, tokenizer)
+    rows = [_RowText(tokenizer, p.stop, eos) for p in param_list]
+
+    def stop_test(row: int, token: int) -> bool:
+        rows[row].add(token)
+        return rows[row].stopped
+
+    for step in decode(model, input_ids, attention_mask, param_list, eos_token_ids=eos, stop_test=stop_test):
+        for row, token in enumerate(step.tokens):
+            if token < 0:
+                continue
+            reason, piece = step.finish_reasons[row], rows[row].last_piece
+            # EOS, and a token whose text lies wholly inside a stop string, are not part of the answer
+            keep = token not in eos and not (rows[row].stopped and reason == "stop" and not piece)
+            traces = [TokenTrace(token, piece, step.temperatures[row], step.top_ps[row])] if keep else []
+            text = rows[row].flushable(final=reason is not None)
+            if text or traces or reason is not None:
+                yield StreamEvent(row, text, traces, reason)
+
+
+def _is_messages(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and isinstance(value[0], dict)
+
+
+def generate(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Prompt | Sequence[Prompt],
+    params: SamplingParams | Sequence[SamplingParams] | None = None,
+    *,
+    chat: bool = False,
+) -> list[Completion]:
+    """Generate for all prompts in one batch; one :class:`Completion` per prompt, in order."""
+    prompt_list = [prompts] if isinstance(prompts, str) or _is_messages(prompts) else list(prompts)
+    texts = [""] * len(prompt_list)
+    traces: list[list[TokenTrace]] = [[] for _ in prompt_list]
+    reasons = [""] * len(prompt_list)
+    for event in stream(model, tokenizer, prompt_list, params, chat=chat):
+        texts[event.index] += event.text
+        traces[event.index].extend(event.tokens)
+        reasons[event.index] = event.finish_reason or reasons[event.index]
+    prompt_sizes = [len(ids) for ids in encode_prompts(tokenizer, prompt_list, chat)]
+    return [Completion(t, tr, r, n) for t, tr, r, n in zip(texts, traces, reasons, prompt_sizes)]

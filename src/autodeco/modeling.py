@@ -1,0 +1,451 @@
+"""AutoDecoModelForCausalLM: any Hugging Face causal LM plus the two heads, in one forward pass.
+
+Checkpoint formats (both as released, spec section 2):
+
+- heads-only (PEFT-like): ``config.json`` (model_type "autodeco", the base's name and config) and
+  ``model.safetensors`` with exactly the 8 head tensors; the base is loaded from its own path.
+- merged: every base tensor renamed ``llm.<key>`` plus the 8 head tensors, possibly sharded with a
+  ``model.safetensors.index.json``, and the autodeco ``config.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import split_torch_state_dict_into_shards
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from autodeco.decoding import decode_to_tensors
+from autodeco.errors import AutoDecoError
+from autodeco.heads import AutoDecoHeads, expected_head_shapes
+from autodeco.sampling import SamplingParams
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+MERGED_PREFIX = "llm."
+# Fields the released config adds on top of the base config's own fields.
+AUTODECO_FIELDS = (
+    "base_model_name_or_path", "base_model_type", "enable_temperature_head", "enable_top_p_head",
+    "use_enhanced_features", "temperature_hidden_size", "top_p_hidden_size",
+)
+
+
+@dataclass
+class AutoDecoOutput(ModelOutput):
+    """One forward pass: unscaled ``logits [B, L, V]``, ``temperature [B, L]``, ``top_p [B, L]``
+    and the KV ``cache`` to pass to the next call (transformers 5 calls it ``cache``; the old
+    name ``past_key_values`` reads the same object)."""
+
+    logits: torch.Tensor | None = None
+    temperature: torch.Tensor | None = None
+    top_p: torch.Tensor | None = None
+    cache: Any = None
+
+    @property
+    def past_key_values(self) -> Any:
+        return self.cache
+
+
+@dataclass
+class AutoDecoGenerateOutput(ModelOutput):
+    """What ``generate(..., return_dict_in_generate=True)`` returns: the sequences (prompt and new
+    tokens, padded after each row's end) and the T and P used for every new token."""
+
+    sequences: torch.Tensor | None = None
+    temperatures: torch.Tensor | None = None
+    top_ps: torch.Tensor | None = None
+
+
+class AutoDecoModelForCausalLM(nn.Module):
+    """A frozen base causal LM (``self.llm``) and the AutoDeco heads (``self.heads``).
+
+    The heads read the tensor the base feeds its LM head, captured by a forward hook, so every
+    architecture works unchanged (final norms, logit soft-capping and all stay the base's own).
+    """
+
+    def __init__(
+        self,
+        llm: PreTrainedModel,
+        heads: AutoDecoHeads,
+        base_name_or_path: str | None = None,
+    ) -> None:
+        super().__init__()
+        hidden_size = _hidden_size(llm.config)
+        if heads.hidden_size != hidden_size:
+            raise AutoDecoError(
+                f"the heads expect hidden size {heads.hidden_size} but the base has hidden size {hidden_size}: "
+                "these heads were trained for another base model; pass the base they were made for"
+            )
+        self.llm = llm
+        self.heads = heads.to(device=llm.get_output_embeddings().weight.device)
+        self.base_name_or_path = base_name_or_path or getattr(llm, "name_or_path", "") or ""
+        self._lm_head_input: torch.Tensor | None = None
+        llm.get_output_embeddings().register_forward_hook(self._capture_lm_head_input)
+        llm.requires_grad_(False)
+
+    def _capture_lm_head_input(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        self._lm_head_input = args[0]
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_base(
+        cls,
+        base: str | os.PathLike | PreTrainedModel,
+        *,
+        use_enhanced_features: bool = True,
+        enable_temperature_head: bool = True,
+        enable_top_p_head: bool = True,
+        dtype: torch.dtype | str = "auto",
+        device: str | torch.device | None = None,
+        trust_remote_code: bool = False,
+    ) -> "AutoDecoModelForCausalLM":
+        """A base model (path, hub id or loaded model) with new, untrained heads."""
+        llm = load_base(base, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+        heads = AutoDecoHeads(
+            _hidden_size(llm.config),
+            use_enhanced_features=use_enhanced_features,
+            enable_temperature_head=enable_temperature_head,
+            enable_top_p_head=enable_top_p_head,
+        )
+        name = base if isinstance(base, (str, os.PathLike)) else None
+        return cls(llm, heads, base_name_or_path=str(name) if name is not None else None)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        base: str | os.PathLike | PreTrainedModel | None = None,
+        *,
+        dtype: torch.dtype | str = "auto",
+        device: str | torch.device | None = None,
+        trust_remote_code: bool = False,
+    ) -> "AutoDecoModelForCausalLM":
+        """Load a heads-only dir (base from ``base_model_name_or_path`` unless ``base`` overrides
+        it) or a merged dir (``llm.*`` tensors; ``base`` must then be None)."""
+        directory = Path(path)
+        config = read_autodeco_config(directory)
+        tensor_names = _checkpoint_tensor_names(directory)
+        is_merged = any(name.startswith(MERGED_PREFIX) for name in tensor_names)
+        if is_merged:
+            if base is not None:
+                raise AutoDecoError(f"{directory} is a merged checkpoint that already holds its base; drop base=")
+            llm = _load_merged_base(directory, config, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+            base_name = config.get("base_model_name_or_path")
+        else:
+            base_ref = base if base is not None else config.get("base_model_name_or_path")
+            if not base_ref:
+                raise AutoDecoError(
+                    f"{directory / CONFIG_NAME} names no base_model_name_or_path; pass the base explicitly (base=... or --model)"
+                )
+            llm = load_base(base_ref, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+            base_name = str(base_ref) if isinstance(base_ref, (str, os.PathLike)) else config.get("base_model_name_or_path")
+        head_tensors = _read_head_tensors(directory, tensor_names)
+        heads = AutoDecoHeads(
+            _hidden_size(llm.config),
+            use_enhanced_features=config.get("use_enhanced_features", True),
+            enable_temperature_head=config.get("enable_temperature_head", True),
+            enable_top_p_head=config.get("enable_top_p_head", True),
+        )
+        _check_head_tensors(head_tensors, heads, directory)
+        heads.load_state_dict({k: v.float() for k, v in head_tensors.items()})
+        return cls(llm, heads, base_name_or_path=base_name)
+
+    # ------------------------------------------------------------------ saving
+    def autodeco_config(self) -> dict[str, Any]:
+        """The released config.json: the base config's fields plus the autodeco fields."""
+        base = self.llm.config.to_dict()
+        hidden = self.heads.hidden_size
+        return {
+            **base,
+            "model_type": "autodeco",
+            "architectures": ["AutoDecoModelForCausalLM"],
+            "base_model_name_or_path": self.base_name_or_path,
+            "base_model_type": base["model_type"],
+            "enable_temperature_head": self.heads.enable_temperature_head,
+            "enable_top_p_head": self.heads.enable_top_p_head,
+            "use_enhanced_features": self.heads.top_p_head.use_enhanced_features,
+            "temperature_hidden_size": hidden,
+            "top_p_hidden_size": hidden,
+        }
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write the released heads-only format: config.json + model.safetensors (8 tensors).
+        Each file is written to a temporary name and renamed, so a crash never leaves half a file."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.heads.state_dict().items()}
+        _atomic_save_tensors(tensors, directory / WEIGHTS_NAME)
+        _atomic_write_text(json.dumps(self.autodeco_config(), indent=2, sort_keys=True) + "\n", directory / CONFIG_NAME)
+
+    def save_merged(self, directory: str | os.PathLike, max_shard_size: str | int = "5GB") -> None:
+        """Write the released merged format: ``llm.<key>`` base tensors + the 8 head tensors,
+        sharded like Hugging Face checkpoints, and the autodeco config.json."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tied = set(getattr(self.llm, "all_tied_weights_keys", None) or {})
+        tensors = {
+            MERGED_PREFIX + k: v.detach().contiguous().cpu() for k, v in self.llm.state_dict().items() if k not in tied
+        }
+        tensors.update({k: v.detach().contiguous().cpu() for k, v in self.heads.state_dict().items()})
+        split = split_torch_state_dict_into_shards(tensors, filename_pattern="model{suffix}.safetensors", max_shard_size=max_shard_size)
+        for filename, names in split.filename_to_tensors.items():
+            _atomic_save_tensors({name: tensors[name] for name in names}, directory / filename)
+        if split.is_sharded:
+            index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
+            _atomic_write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", directory / INDEX_NAME)
+        _atomic_write_text(json.dumps(self.autodeco_config(), indent=2, sort_keys=True) + "\n", directory / CONFIG_NAME)
+        self.llm.generation_config.save_pretrained(directory)
+
+    # ------------------------------------------------------------------ forward
+    @property
+    def config(self):
+        """The base model's config (vocabulary, special tokens, context length ...)."""
+        return self.llm.config
+
+    @property
+    def device(self) -> torch.device:
+        return self.llm.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.llm.dtype
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: Any = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        cache: Any = None,
+        **kwargs: Any,
+    ) -> AutoDecoOutput:
+        """One pass of the base; the heads run on the hidden states fed to its LM head.
+
+        ``logits_to_keep=n`` keeps the last n positions only (1 for decoding), for the logits and
+        for T and P alike. The KV cache may be passed as ``past_key_values`` or ``cache``.
+        """
+        if past_key_values is not None and cache is not None:
+            raise AutoDecoError("pass the KV cache once, as cache= or past_key_values=, not both")
+        self._lm_head_input = None
+        out = self.llm(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache if cache is not None else past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+        hidden, self._lm_head_input = self._lm_head_input, None
+        if hidden is None:
+            raise AutoDecoError(f"{type(self.llm).__name__} did not call its output embedding; AutoDeco needs a causal LM head")
+        temperature, top_p = self.heads(hidden, out.logits)
+        return AutoDecoOutput(logits=out.logits, temperature=temperature, top_p=top_p, cache=out.cache)
+
+    # ------------------------------------------------------------------ Hugging Face style generate
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        generation_config: GenerationConfig | None = None,
+        max_new_tokens: int | None = None,
+        do_sample: bool | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        min_p: float | None = None,
+        eos_token_id: int | list[int] | None = None,
+        pad_token_id: int | None = None,
+        seed: int | None = None,
+        return_dict_in_generate: bool | None = None,
+        **unsupported: Any,
+    ) -> torch.Tensor | AutoDecoGenerateOutput:
+        """Drop-in for ``PreTrainedModel.generate`` that decodes with the learned T and P.
+
+        ``temperature`` and ``top_p`` act as multipliers on the learned values (the released
+        serving semantics: 1 and 1 mean pure AutoDeco); ``do_sample=False`` or ``temperature=0``
+        is greedy. Returns the prompt plus new tokens, padded with ``pad_token_id`` after each
+        row's end, as Hugging Face does; or, with ``return_dict_in_generate=True``, also the T
+        and P used per new token.
+        """
+        config = generation_config or self.llm.generation_config
+        ignored = {k: v for k, v in unsupported.items() if v not in (None, False, 1) and k != "use_cache"}
+        if ignored:
+            raise AutoDecoError(
+                f"generate() does not support {sorted(ignored)}; AutoDeco samples one sequence per row "
+                "(no beam search): use the arguments documented on AutoDecoModelForCausalLM.generate"
+            )
+        if input_ids is None:
+            raise AutoDecoError("generate() needs input_ids (a [batch, length] tensor of token ids)")
+        sample = do_sample if do_sample is not None else True
+        scale_t = temperature if temperature is not None else 1.0
+        params = SamplingParams(
+            temperature_scale=scale_t if sample else 0.0,
+            top_p_scale=top_p if top_p is not None else 1.0,
+            top_k=top_k or 0,
+            min_p=min_p or 0.0,
+            max_new_tokens=max_new_tokens or config.max_new_tokens or 20,
+            seed=seed,
+        )
+        eos = eos_token_id if eos_token_id is not None else config.eos_token_id
+        eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
+        pad = pad_token_id if pad_token_id is not None else (config.pad_token_id if config.pad_token_id is not None else min(eos_ids, default=0))
+        sequences, temperatures, top_ps = decode_to_tensors(self, input_ids, attention_mask, params, eos_ids, pad)
+        return_dict = return_dict_in_generate if return_dict_in_generate is not None else config.return_dict_in_generate
+        if return_dict:
+            return AutoDecoGenerateOutput(sequences=sequences, temperatures=temperatures, top_ps=top_ps)
+        return sequences
+
+
+# ---------------------------------------------------------------------- loading helpers
+def _hidden_size(config: Any) -> int:
+    return config.get_text_config().hidden_size
+
+
+def load_base(
+    base: str | os.PathLike | PreTrainedModel,
+    *,
+    dtype: torch.dtype | str = "auto",
+    device: str | torch.device | None = None,
+    trust_remote_code: bool = False,
+) -> PreTrainedModel:
+    """A loaded base causal LM, from a model object, a local folder or a hub id."""
+    if isinstance(base, PreTrainedModel):
+        return base.to(device) if device is not None else base
+    if isinstance(base, nn.Module):
+        raise AutoDecoError(f"base must be a transformers PreTrainedModel, a path or a hub id, not {type(base).__name__}")
+    try:
+        llm = AutoModelForCausalLM.from_pretrained(str(base), dtype=dtype, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        local = Path(base).expanduser().resolve()
+        where = f"the local folder {local} ({'exists but holds no loadable model' if local.exists() else 'does not exist'})"
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise AutoDecoError(
+            f"cannot load base model {str(base)!r}: looked in {where} and for a Hugging Face hub id ({first_line}); "
+            "pass a local model folder or a hub id this machine can reach"
+        ) from err
+    llm.eval()
+    return llm.to(device) if device is not None else llm
+
+
+def read_autodeco_config(directory: Path) -> dict[str, Any]:
+    """The autodeco config.json of a heads-only or merged dir, checked."""
+    config_path = directory / CONFIG_NAME
+    if not directory.is_dir():
+        raise AutoDecoError(f"heads directory {directory} does not exist; create one with `autodeco init` or pass the right path")
+    if not config_path.is_file():
+        raise AutoDecoError(f"{config_path} is missing; an AutoDeco heads dir holds config.json and model.safetensors")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise AutoDecoError(f"{config_path} is not valid JSON ({err}); rewrite it with save_pretrained") from err
+    if config.get("model_type") != "autodeco":
+        raise AutoDecoError(
+            f"{config_path} has model_type {config.get('model_type')!r}, not 'autodeco': this is a plain model, "
+            "pass it as the base (--model) and the heads dir as --heads"
+        )
+    return config
+
+
+def _checkpoint_files(directory: Path) -> list[Path]:
+    index = directory / INDEX_NAME
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return [directory / name for name in sorted(set(weight_map.values()))]
+    single = directory / WEIGHTS_NAME
+    if not single.is_file():
+        raise AutoDecoError(f"{single} is missing; an AutoDeco heads dir holds config.json and model.safetensors")
+    return [single]
+
+
+def _checkpoint_tensor_names(directory: Path) -> dict[str, Path]:
+    names: dict[str, Path] = {}
+    for file in _checkpoint_files(directory):
+        with safe_open(str(file), framework="pt") as handle:
+            names.update({name: file for name in handle.keys()})
+    return names
+
+
+def _read_head_tensors(directory: Path, tensor_names: dict[str, Path]) -> dict[str, torch.Tensor]:
+    head_names = [n for n in tensor_names if not n.startswith(MERGED_PREFIX)]
+    tensors: dict[str, torch.Tensor] = {}
+    for file in sorted({tensor_names[n] for n in head_names}):
+        with safe_open(str(file), framework="pt") as handle:
+            tensors.update({n: handle.get_tensor(n) for n in head_names if tensor_names[n] == file})
+    return tensors
+
+
+def _check_head_tensors(tensors: dict[str, torch.Tensor], heads: AutoDecoHeads, directory: Path) -> None:
+    expected = expected_head_shapes(heads.hidden_size, heads.top_p_head.use_enhanced_features)
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        parts = ([f"missing {missing}"] if missing else []) + ([f"unexpected {extra}"] if extra else [])
+        raise AutoDecoError(f"{directory} does not hold the 8 AutoDeco head tensors: {'; '.join(parts)}")
+    for name, shape in expected.items():
+        if tuple(tensors[name].shape) != shape:
+            found = tuple(tensors[name].shape)
+            raise AutoDecoError(
+                f"{directory}: {name} has shape {list(found)} but this base needs {list(shape)} "
+                f"(base hidden size {heads.hidden_size}); the heads were trained for another base model"
+            )
+
+
+def _load_merged_base(
+    directory: Path, config: dict[str, Any], *, dtype: torch.dtype | str, device: str | torch.device | None, trust_remote_code: bool
+) -> PreTrainedModel:
+    base_fields = {k: v for k, v in config.items() if k not in AUTODECO_FIELDS and k not in ("model_type", "architectures")}
+    base_type = config.get("base_model_type")
+    if not base_type:
+        raise AutoDecoError(f"{directory / CONFIG_NAME} names no base_model_type; cannot rebuild the base of a merged checkpoint")
+    base_config = AutoConfig.for_model(base_type, **base_fields)
+    llm = AutoModelForCausalLM.from_pretrained(
+        str(directory), config=base_config, dtype=dtype, trust_remote_code=trust_remote_code,
+        key_mapping={"^" + MERGED_PREFIX.replace(".", r"\."): ""},
+    )
+    llm.eval()
+    return llm.to(device) if device is not None else llm
+
+
+# ---------------------------------------------------------------------- atomic writes
+def _atomic_replace(path: Path, write: Callable[[Path], None]) -> None:
+    """Write to a temporary file beside ``path``, then rename it over ``path`` (atomic on POSIX)."""
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+        tmp_path = Path(tmp.name)
+    try:
+        write(tmp_path)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)  # NamedTemporaryFile creates 0600
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def _atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    _atomic_replace(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+
+
+def _atomic_write_text(text: str, path: Path) -> None:
+    _atomic_replace(path, lambda tmp: tmp.write_text(text))
+
+
+__all__ = ["AutoDecoModelForCausalLM", "AutoDecoOutput", "AutoDecoGenerateOutput", "load_base", "read_autodeco_config"]

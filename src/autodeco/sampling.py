@@ -1,0 +1,281 @@
+"""Sampling math: pure, batched tensor functions with per-row parameters. No model, no I/O.
+
+Order of operations, written down once (Hugging Face's warper order):
+
+    probs = softmax(logits / T)          T <= 0 means greedy (argmax)
+    keep the top-k tokens                (k = 0: off)
+    keep the smallest nucleus reaching top_p of the mass left (top_p >= 1: off)
+    keep tokens with p >= min_p * p_max  (min_p = 0: off)
+    renormalise, sample
+
+AutoDeco supplies a per-row T and top_p from its heads; static strategies supply constants. Both go
+through the same functions, so a batch can mix them. Tokens tied in probability with the last token
+of a top-k or top-p cut are all kept: the result then does not depend on how a sort orders ties.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from autodeco.errors import AutoDecoError
+
+DECODING_MODES = ("autodeco", "static", "greedy")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one request decodes.
+
+    ``decoding="autodeco"`` (default) uses the learned T and P per token, modified by the user
+    controls of the released serving code: ``T = T_learned * temperature_scale`` (0 means greedy),
+    ``P = clamp(P_learned * top_p_scale, 0, 1)``, then clamped to ``[t_min, t_max]`` and
+    ``[p_min, p_max]``. ``decoding="static"`` uses the constants ``temperature`` and ``top_p``
+    (the usual sampler); ``decoding="greedy"`` takes the argmax. ``top_k`` and ``min_p`` filter in
+    every mode. ``seed`` makes a request reproducible whatever batch it runs in.
+    """
+
+    decoding: str = "autodeco"
+    temperature_scale: float = 1.0
+    top_p_scale: float = 1.0
+    t_min: float = 0.0
+    t_max: float = math.inf
+    p_min: float = 0.0
+    p_max: float = 1.0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    max_new_tokens: int = 256
+    stop: tuple[str, ...] = field(default_factory=tuple)
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        object.__setattr__(self, "stop", tuple(self.stop))
+        _check(self.decoding in DECODING_MODES, f"decoding={self.decoding!r} is unknown; use one of {DECODING_MODES}")
+        for name in ("temperature_scale", "top_p_scale", "temperature"):
+            value = getattr(self, name)
+            _check(math.isfinite(value) and value >= 0, f"{name}={value} must be a finite number >= 0 (0 means greedy)")
+        for name in ("top_p", "min_p", "p_min", "p_max"):
+            value = getattr(self, name)
+            _check(0.0 <= value <= 1.0, f"{name}={value} must lie in [0, 1]")
+        _check(0.0 <= self.t_min <= self.t_max, f"temperature bounds [{self.t_min}, {self.t_max}] need 0 <= t_min <= t_max")
+        _check(self.p_min <= self.p_max, f"top-p bounds [{self.p_min}, {self.p_max}] need p_min <= p_max")
+        _check(self.top_k >= 0, f"top_k={self.top_k} must be >= 0 (0 turns it off)")
+        _check(self.max_new_tokens >= 1, f"max_new_tokens={self.max_new_tokens} must be >= 1")
+        _check(all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings")
+        _check(self.seed is None or 0 <= self.seed < 2**63, f"seed={self.seed} must lie in [0, 2**63)")
+        if self.decoding == "autodeco":
+            _check(
+                self.temperature == 1.0 and self.top_p == 1.0,
+                "temperature/top_p are the constants of decoding='static'; with decoding='autodeco' "
+                "use temperature_scale/top_p_scale (multipliers on the learned values)",
+            )
+        else:
+            _check(
+                self.temperature_scale == 1.0 and self.top_p_scale == 1.0,
+                f"temperature_scale/top_p_scale act on learned values; with decoding={self.decoding!r} "
+                "set temperature/top_p instead, or use decoding='autodeco'",
+            )
+
+    @property
+    def is_greedy(self) -> bool:
+        """True when this request takes the argmax at every step."""
+        if self.decoding == "autodeco":
+            return self.temperature_scale == 0.0 or self.t_max == 0.0
+        return self.decoding == "greedy" or self.temperature == 0.0
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise AutoDecoError(message)
+
+
+def apply_user_controls(
+    temperature: torch.Tensor,
+    top_p: torch.Tensor,
+    temperature_scale: torch.Tensor | float = 1.0,
+    top_p_scale: torch.Tensor | float = 1.0,
+    t_min: torch.Tensor | float = 0.0,
+    t_max: torch.Tensor | float = math.inf,
+    p_min: torch.Tensor | float = 0.0,
+    p_max: torch.Tensor | float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Learned (T, P) -> the values used: T*scale clamped to [t_min, t_max] (scale 0 stays 0,
+    i.e. greedy), clamp(P*scale, 0, 1) clamped to [p_min, p_max]. Arguments broadcast per row."""
+    scaled_t = temperature * temperature_scale
+    bounded_t = torch.minimum(torch.maximum(scaled_t, torch.as_tensor(t_min, dtype=scaled_t.dtype)), torch.as_tensor(t_max, dtype=scaled_t.dtype))
+    final_t = torch.where(torch.as_tensor(temperature_scale) == 0, torch.zeros_like(scaled_t), bounded_t)
+    scaled_p = (top_p * top_p_scale).clamp(0.0, 1.0)
+    final_p = torch.minimum(torch.maximum(scaled_p, torch.as_tensor(p_min, dtype=scaled_p.dtype)), torch.as_tensor(p_max, dtype=scaled_p.dtype))
+    return final_t, final_p
+
+
+@dataclass
+class BatchedSampling:
+    """The per-row tensors of a batch of :class:`SamplingParams` (vLLM style: no loop over rows)."""
+
+    uses_heads: torch.Tensor  # bool [B]: autodeco rows
+    temperature_scale: torch.Tensor
+    top_p_scale: torch.Tensor
+    t_min: torch.Tensor
+    t_max: torch.Tensor
+    p_min: torch.Tensor
+    p_max: torch.Tensor
+    static_temperature: torch.Tensor  # 0 for greedy rows
+    static_top_p: torch.Tensor
+    top_k: torch.Tensor | None  # None when no row filters, so the common case skips the work
+    min_p: torch.Tensor | None
+
+    @classmethod
+    def from_params(cls, params: list[SamplingParams], device: torch.device | str = "cpu") -> "BatchedSampling":
+        def column(values: list, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+            return torch.tensor(values, dtype=dtype, device=device)
+
+        top_k = [p.top_k for p in params]
+        min_p = [p.min_p for p in params]
+        return cls(
+            uses_heads=column([p.decoding == "autodeco" for p in params], torch.bool),
+            temperature_scale=column([p.temperature_scale for p in params]),
+            top_p_scale=column([p.top_p_scale for p in params]),
+            t_min=column([p.t_min for p in params]),
+            t_max=column([p.t_max for p in params]),
+            p_min=column([p.p_min for p in params]),
+            p_max=column([p.p_max for p in params]),
+            static_temperature=column([0.0 if p.is_greedy else p.temperature for p in params]),
+            static_top_p=column([p.top_p for p in params]),
+            top_k=column(top_k, torch.long) if any(top_k) else None,
+            min_p=column(min_p) if any(min_p) else None,
+        )
+
+    def resolve(self, learned_temperature: torch.Tensor, learned_top_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row (T, P) actually used this step: learned values under user controls for
+        autodeco rows, the constants for static and greedy rows."""
+        auto_t, auto_p = apply_user_controls(
+            learned_temperature.float(), learned_top_p.float(),
+            self.temperature_scale, self.top_p_scale, self.t_min, self.t_max, self.p_min, self.p_max,
+        )
+        return (
+            torch.where(self.uses_heads, auto_t, self.static_temperature),
+            torch.where(self.uses_heads, auto_p, self.static_top_p),
+        )
+
+
+def check_finite(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor) -> None:
+    """Refuse to sample from garbage: NaN or +inf logits, rows that are all -inf, NaN T or P."""
+    ok = torch.isfinite(logits.amax(dim=-1)).all() & torch.isfinite(temperature).all() & ~torch.isnan(top_p).any()
+    if not bool(ok):
+        bad_rows = (~torch.isfinite(logits.amax(dim=-1)) | ~torch.isfinite(temperature) | torch.isnan(top_p)).nonzero()
+        raise AutoDecoError(
+            f"non-finite logits, temperature or top-p in batch rows {bad_rows.flatten().tolist()}; "
+            "this usually means float16 overflow: load the model with dtype=bfloat16 or float32"
+        )
+
+
+def _sorted_kept_probs(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_p: torch.Tensor,
+    top_k: torch.Tensor | None,
+    min_p: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Probabilities sorted in descending order with the filtered tail zeroed (not renormalised),
+    and the sort's vocabulary indices. The kept tokens always form a prefix of the sorted row."""
+    greedy = temperature <= 0
+    safe_t = torch.where(greedy, torch.ones_like(temperature), temperature).float()
+    probs = torch.softmax(logits.float() / safe_t.unsqueeze(-1), dim=-1)
+    # stable: equal probabilities stay in vocabulary order, so rank 0 is torch.argmax's token
+    sorted_probs, sorted_ids = probs.sort(dim=-1, descending=True, stable=True)
+    vocab = sorted_probs.shape[-1]
+    ranks = torch.arange(vocab, device=logits.device)
+    keep = (ranks == 0) | ~greedy.unsqueeze(-1)
+    if top_k is not None:
+        k = torch.where(top_k > 0, top_k, vocab).clamp(1, vocab)
+        keep &= sorted_probs >= sorted_probs.gather(-1, (k - 1).unsqueeze(-1))
+    kept = sorted_probs * keep
+    mass_before = kept.cumsum(dim=-1) - kept
+    needed = keep & (mass_before < top_p.unsqueeze(-1) * kept.sum(dim=-1, keepdim=True))
+    boundary = torch.where(needed, sorted_probs, torch.full_like(sorted_probs, math.inf)).amin(dim=-1, keepdim=True)
+    keep &= (sorted_probs >= boundary) | (top_p >= 1).unsqueeze(-1)
+    if min_p is not None:
+        keep &= sorted_probs >= min_p.unsqueeze(-1) * sorted_probs[..., :1]
+    keep |= ranks == 0
+    return sorted_probs * keep, sorted_ids
+
+
+def top_p_probs(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_p: torch.Tensor,
+    *,
+    top_k: torch.Tensor | None = None,
+    min_p: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The exact sampling distribution ``[B, V]`` (vocabulary order, float32).
+
+    ``logits [B, V]``; ``temperature [B]`` (<= 0 means greedy: a point mass on the argmax);
+    ``top_p [B]``: keep the smallest set of most likely tokens whose mass under softmax(logits/T)
+    reaches top_p (the top token always, ties with the last kept token too), renormalise.
+    Optional per-row ``top_k [B]`` (0: off) and ``min_p [B]`` (0: off), in the order of the
+    module docstring.
+    """
+    kept, sorted_ids = _sorted_kept_probs(logits, temperature, top_p, top_k, min_p)
+    probs = torch.zeros_like(kept).scatter_(-1, sorted_ids, kept)
+    return probs / probs.sum(dim=-1, keepdim=True)
+
+
+def sample_tokens(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_p: torch.Tensor,
+    *,
+    top_k: torch.Tensor | None = None,
+    min_p: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    uniforms: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Draw one token per row from :func:`top_p_probs` -> ``LongTensor [B]``.
+
+    Inverse-CDF sampling over the sorted, kept tokens: one uniform per row, taken from
+    ``uniforms [B]`` if given (see :func:`counter_uniforms`) or else from ``generator``.
+    Raises :class:`AutoDecoError` on NaN/inf logits instead of sampling garbage.
+    """
+    check_finite(logits, temperature, top_p)
+    kept, sorted_ids = _sorted_kept_probs(logits, temperature, top_p, top_k, min_p)
+    if uniforms is None:
+        uniforms = torch.rand(logits.shape[0], generator=generator, dtype=torch.float64, device=logits.device)
+    cdf = kept.double().cumsum(dim=-1)
+    target = uniforms.to(cdf.device, torch.float64).unsqueeze(-1) * cdf[..., -1:]
+    last_kept = (kept > 0).sum(dim=-1, keepdim=True) - 1
+    position = torch.searchsorted(cdf, target, right=True).clamp_max(last_kept)
+    return sorted_ids.gather(-1, position).squeeze(-1)
+
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (xor-shift-multiply) on int64 tensors holding values in [0, 2**32).
+    The multiplier is below 2**27, so products stay below 2**59: no signed overflow."""
+    for _ in range(2):
+        x = ((x ^ (x >> 16)) * 0x45D9F3B) & _MASK32
+    return x ^ (x >> 16)
+
+
+def counter_uniforms(seeds: torch.Tensor, counters: torch.Tensor) -> torch.Tensor:
+    """Stateless uniforms in [0, 1) (float64, 53 random bits): a hash of (seed, counter) per row.
+
+    A request's randomness depends only on its own seed and step, never on the batch it shares,
+    so the same seed gives the same text alone or batched, and rows may join or leave freely.
+    """
+    seeds = seeds.long()
+    counters = counters.long().to(seeds.device)
+    lo, hi, step = seeds & _MASK32, (seeds >> 32) & _MASK32, counters & _MASK32
+    word_a = _mix32(_mix32(_mix32(step) ^ lo) ^ hi)
+    word_b = _mix32(_mix32(_mix32(step ^ 0x5BD1E995) ^ hi) ^ lo ^ 0x27D4EB2F)
+    bits53 = (word_a << 21) | (word_b >> 11)
+    return bits53.double() / float(2**53)

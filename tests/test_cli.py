@@ -1,0 +1,92 @@
+"""The command line: init, generate (text, JSON, colour), demo, and one-line errors."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from autodeco.cli import app, temperature_style
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def heads_dir(tmp_path, base_dir):
+    result = run("init", "--base", base_dir, "--out", tmp_path / "heads")
+    assert result.exit_code == 0, result.output
+    return tmp_path / "heads"
+
+
+def test_init_then_generate_json(heads_dir, base_dir):
+    assert sorted(p.name for p in heads_dir.iterdir()) == ["config.json", "model.safetensors"]
+    result = run("generate", "--heads", heads_dir, "--prompt", "Once upon", "--max-new-tokens", 5, "--seed", 3, "--json")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert set(payload) == {"text", "finish_reason", "tokens"} and payload["finish_reason"] in ("stop", "length")
+    assert all({"token", "temperature", "top_p"} <= set(t) for t in payload["tokens"])
+    assert "".join(t["token"] for t in payload["tokens"]) == payload["text"]
+    again = run("generate", "--model", base_dir, "--heads", heads_dir, "--prompt", "Once upon", "--max-new-tokens", 5, "--seed", 3, "--json")
+    assert json.loads(again.stdout) == payload  # same seed, same output; --model overrides the config's base
+
+
+def test_generate_streams_text_and_colours(heads_dir):
+    plain = run("generate", "--heads", heads_dir, "--prompt", "Once upon", "--max-new-tokens", 6, "--seed", 1)
+    coloured = run("generate", "--heads", heads_dir, "--prompt", "Once upon", "--max-new-tokens", 6, "--seed", 1, "--color")
+    as_json = json.loads(run("generate", "--heads", heads_dir, "--prompt", "Once upon", "--max-new-tokens", 6, "--seed", 1, "--json").stdout)
+    assert plain.exit_code == coloured.exit_code == 0
+    assert plain.stdout.rstrip("\n") == coloured.stdout.rstrip("\n") == as_json["text"]
+    assert "mean T" in plain.stderr and "finish:" in plain.stderr
+
+
+def test_temperature_colours_run_from_blue_to_red():
+    assert temperature_style(0.0) == "rgb(60,110,255)" and temperature_style(2.0) == "rgb(255,110,60)"
+    assert temperature_style(float("nan")) == "default"
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--prompt", ""], "the prompt is empty"),
+        (["--prompt", "x", "--max-new-tokens", "0"], "max_new_tokens=0 must be >= 1"),
+        (["--prompt", "x", "--temperature-scale", "-1"], "temperature_scale=-1.0 must be"),
+        (["--prompt", "x", "--top-p-scale", "-0.5"], "top_p_scale=-0.5 must be"),
+        (["--prompt", "x" * 2000], "context is 256 positions"),
+        (["--prompt", "x", "--dtype", "int8"], "--dtype 'int8' is unknown"),
+    ],
+)
+def test_bad_generate_input_is_a_one_line_error(heads_dir, extra, message):
+    result = run("generate", "--heads", heads_dir, *extra)
+    assert result.exit_code == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0] and "Traceback" not in result.output
+
+
+def test_missing_things_are_named(tmp_path, heads_dir):
+    missing_heads = run("generate", "--heads", tmp_path / "nope", "--prompt", "x")
+    assert missing_heads.exit_code == 2 and f"{tmp_path / 'nope'} does not exist" in missing_heads.stderr
+    missing_base = run("generate", "--model", tmp_path / "no-base", "--heads", heads_dir, "--prompt", "x")
+    assert missing_base.exit_code == 2 and f"looked in the local folder {tmp_path / 'no-base'}" in missing_base.stderr
+    no_heads = run("generate", "--model", tmp_path, "--prompt", "x")
+    assert no_heads.exit_code == 2 and "--heads DIR is required" in no_heads.stderr
+    bad_init = run("init", "--base", tmp_path / "no-base", "--out", tmp_path / "h")
+    assert bad_init.exit_code == 2 and "cannot load base model" in bad_init.stderr
+
+
+def test_merged_checkpoint_needs_no_heads_flag(tmp_path, base_dir):
+    from autodeco import AutoDecoModelForCausalLM
+    from autodeco.tiny import tiny_tokenizer
+
+    AutoDecoModelForCausalLM.from_base(base_dir).save_merged(tmp_path / "merged")
+    tiny_tokenizer().save_pretrained(tmp_path / "merged")
+    result = run("generate", "--model", tmp_path / "merged", "--prompt", "Once", "--max-new-tokens", 3, "--json")
+    assert result.exit_code == 0, result.output and len(json.loads(result.stdout)["tokens"]) <= 3
+
+
+def test_demo_runs_and_says_it_is_a_placeholder():
+    result = run("demo", "--max-new-tokens", 4)
+    assert result.exit_code == 0, result.output
+    assert "UNTRAINED" in result.stderr and "Once upon a time" in result.stdout
