@@ -141,3 +141,15 @@ def test_bad_prompts_and_bad_logits(make_model, tokenizer):
         model.llm.lm_head.weight[5, 0] = float("nan")
     with pytest.raises(AutoDecoError, match="non-finite logits"):
         generate(model, tokenizer, "hello", SamplingParams(max_new_tokens=3))
+
+
+def test_static_and_greedy_batches_do_not_pay_for_the_heads(make_model, tokenizer, monkeypatch):
+    model = make_model("llama")
+    calls = []
+    original = model.heads.forward
+    monkeypatch.setattr(model.heads, "forward", lambda *args: calls.append(1) or original(*args))
+    baselines = [SamplingParams(decoding="static", temperature=0.8, max_new_tokens=3), SamplingParams(decoding="greedy", max_new_tokens=3)]
+    generate(model, tokenizer, PROMPTS[:2], baselines)
+    assert calls == []
+    generate(model, tokenizer, PROMPTS[:2], [baselines[0], SamplingParams(max_new_tokens=3)])
+    assert calls  # one AutoDeco row: the heads run for the batch

@@ -157,10 +157,20 @@ def test_merged_round_trip_is_exact(tmp_path, make_model, shard_size):
 def test_heads_for_another_hidden_size_are_refused_with_both_sizes(tmp_path):
     base = tiny_model("llama")
     _released_heads_dir(tmp_path / "heads", base.config, hidden=96)
-    with pytest.raises(AutoDecoError, match=r"\[256, 96\].*\[256, 64\].*hidden size 64"):
+    with pytest.raises(AutoDecoError, match="heads expect hidden size 96 but the base has hidden size 64"):
         AutoDecoModelForCausalLM.from_pretrained(tmp_path / "heads", base=base)
     with pytest.raises(AutoDecoError, match="hidden size 96 but the base has hidden size 64"):
         AutoDecoModelForCausalLM(base, AutoDecoHeads(96))
+
+
+def test_head_shapes_must_agree_with_each_other(tmp_path):
+    base = tiny_model("llama")
+    _released_heads_dir(tmp_path / "heads", base.config, hidden=64)
+    tensors = load_file(tmp_path / "heads" / "model.safetensors")
+    tensors["top_p_head.mlp.0.weight"] = tensors["top_p_head.mlp.0.weight"][:, :65].contiguous()  # no statistics
+    save_file(tensors, str(tmp_path / "heads" / "model.safetensors"))
+    with pytest.raises(AutoDecoError, match=r"top_p_head.mlp.0.weight has shape \[256, 65\].*needs \[256, 69\]; check use_enhanced_features"):
+        AutoDecoModelForCausalLM.from_pretrained(tmp_path / "heads", base=base)
 
 
 def test_missing_and_extra_head_tensors_are_named(tmp_path):
@@ -208,3 +218,30 @@ def test_hugging_face_style_generate(make_model):
         model.generate(ids, num_beams=4)
     with pytest.raises(AutoDecoError, match="right-padded"):
         model.generate(torch.tensor([[1, 5, 0]]), attention_mask=torch.tensor([[1, 1, 0]]))
+
+
+def test_merged_dir_in_the_released_layout_loads(tmp_path, make_model):
+    """The released merge script writes every base key, tied duplicates included, in one file."""
+    model = make_model("llama")
+    model.llm.config.tie_word_embeddings = False
+    tensors = {f"llm.{k}": v.clone() for k, v in model.llm.state_dict().items()}
+    tensors.update(model.heads.state_dict())
+    (tmp_path / "merged").mkdir()
+    save_file(tensors, str(tmp_path / "merged" / "model.safetensors"))
+    (tmp_path / "merged" / "config.json").write_text(json.dumps(model.autodeco_config()))
+    loaded = AutoDecoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    ids = torch.tensor([[1, 9, 8, 7]])
+    a, b = model(input_ids=ids), loaded(input_ids=ids)
+    assert torch.equal(a.logits, b.logits) and torch.equal(a.temperature, b.temperature) and torch.equal(a.top_p, b.top_p)
+    with pytest.raises(AutoDecoError, match="merged checkpoint that already holds its base"):
+        AutoDecoModelForCausalLM.from_pretrained(tmp_path / "merged", base=model.llm)
+
+
+def test_one_forward_of_the_base_per_call(make_model, monkeypatch):
+    model = make_model("qwen2")
+    calls = []
+    original = model.llm.forward
+    monkeypatch.setattr(model.llm, "forward", lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs))
+    model(input_ids=torch.tensor([[1, 2, 3]]))
+    model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=3, eos_token_id=[])
+    assert len(calls) == 1 + 3  # the call, then prefill + 2 decode steps (the 3rd token needs no forward)

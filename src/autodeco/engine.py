@@ -63,56 +63,70 @@ class Completion:
 
 @dataclass
 class StreamEvent:
-    """New text for prompt ``index``: the tokens sampled this step (usually one) and, on the
-    last event of that prompt, its finish reason."""
+    """New text for prompt ``index``: the tokens sampled this step (usually one), on the last
+    event of that prompt its finish reason, and the prompt's length in tokens."""
 
     index: int
     text: str
     tokens: list[TokenTrace]
-    finish_reason: str | None = None
+    finish_reason: str | None
+    prompt_tokens: int
 
 
 @dataclass
 class _RowText:
-    """Incremental detokenisation of one row, with stop-string detection and hold-back."""
+    """Incremental detokenisation of one row: each token's own text, stop strings, hold-back."""
 
     tokenizer: PreTrainedTokenizerBase
     stop: tuple[str, ...]
     eos_ids: set[int]
     ids: list[int] = field(default_factory=list)
-    text: str = ""  # decoded text, cut at a stop string once one is seen
-    emitted: int = 0  # characters of text already streamed
-    stopped: bool = False
-    last_piece: str = ""  # the text the last token added
+    decoded: str = ""  # everything decoded so far, stop string included
+    credited: int = 0  # characters of `decoded` already credited to a token
+    answer_end: int | None = None  # where the first stop string starts, once one is seen
+    emitted: int = 0  # characters of the answer already streamed
+    last_piece: str = ""  # the text the last token added to the answer
+
+    @property
+    def stopped(self) -> bool:
+        return self.answer_end is not None
+
+    @property
+    def text(self) -> str:
+        """The answer: decoded text up to the first stop string."""
+        return self.decoded if self.answer_end is None else self.decoded[: self.answer_end]
 
     def add(self, token_id: int) -> None:
-        """Append a token and decode; sets ``stopped`` if a stop string appeared."""
+        """Append a token and decode; finds stop strings that the new text completes."""
         self.last_piece = ""
         if token_id in self.eos_ids:
             return
-        before = self.text
+        previous = len(self.decoded)
         self.ids.append(token_id)
-        self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        self.decoded = self.tokenizer.decode(self.ids, skip_special_tokens=True)
         for stop in self.stop:
-            start = self.text.find(stop, max(0, len(before) - len(stop) + 1))
-            if start >= 0:
-                self.text, self.stopped = self.text[:start], True
-        self.last_piece = self.text[len(before):] if self.text.startswith(before) else ""
+            start = self.decoded.find(stop, max(0, previous - len(stop) + 1))
+            if start >= 0 and (self.answer_end is None or start < self.answer_end):
+                self.answer_end = start
+        # an incomplete UTF-8 character decodes as U+FFFD: credit it to the token that completes it
+        stable = len(self.decoded) - self.decoded.endswith("\ufffd")
+        self.last_piece = self.text[self.credited:stable]
+        self.credited = max(self.credited, stable)
 
     def flushable(self, final: bool) -> str:
-        """Text safe to stream now: all of it at the end; otherwise hold back an incomplete UTF-8
-        character and any tail that could still grow into a stop string."""
+        """Answer text safe to stream now: all of it at the end; otherwise hold back an
+        incomplete UTF-8 character and any tail that could still grow into a stop string."""
+        text = self.text
         hold = 0
         if not final:
-            hold = 1 if self.text.endswith("\ufffd") else 0
+            hold = 1 if text.endswith("\ufffd") else 0
             for stop in self.stop:
-                for size in range(min(len(stop) - 1, len(self.text)), 0, -1):
-                    if self.text.endswith(stop[:size]):
+                for size in range(min(len(stop) - 1, len(text)), 0, -1):
+                    if text.endswith(stop[:size]):
                         hold = max(hold, size)
                         break
-        end = len(self.text) - hold
-        end = max(end, self.emitted)
-        chunk, self.emitted = self.text[self.emitted:end], end
+        end = max(len(text) - hold, self.emitted)
+        chunk, self.emitted = text[self.emitted:end], end
         return chunk
 
 
@@ -154,7 +168,7 @@ def stream(
 
     ``params`` is one :class:`SamplingParams` for every prompt or one per prompt.
     """
-    prompt_list: list[Prompt] = [prompts] if isinstance(prompts, str) or _is_messages(prompts) else list(prompts)
+    prompt_list = _as_prompt_list(prompts)
     if not prompt_list:
         raise AutoDecoError("no prompts given")
     params = params or SamplingParams()
@@ -181,11 +195,13 @@ def stream(
             traces = [TokenTrace(token, piece, step.temperatures[row], step.top_ps[row])] if keep else []
             text = rows[row].flushable(final=reason is not None)
             if text or traces or reason is not None:
-                yield StreamEvent(row, text, traces, reason)
+                yield StreamEvent(row, text, traces, reason, len(token_ids[row]))
 
 
-def _is_messages(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and isinstance(value[0], dict)
+def _as_prompt_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
+    """One prompt (text or a message list) or many -> a list of prompts."""
+    is_messages = isinstance(prompts, list) and bool(prompts) and isinstance(prompts[0], dict)
+    return [prompts] if isinstance(prompts, str) or is_messages else list(prompts)
 
 
 def generate(
@@ -197,13 +213,12 @@ def generate(
     chat: bool = False,
 ) -> list[Completion]:
     """Generate for all prompts in one batch; one :class:`Completion` per prompt, in order."""
-    prompt_list = [prompts] if isinstance(prompts, str) or _is_messages(prompts) else list(prompts)
-    texts = [""] * len(prompt_list)
-    traces: list[list[TokenTrace]] = [[] for _ in prompt_list]
-    reasons = [""] * len(prompt_list)
+    prompt_list = _as_prompt_list(prompts)
+    completions = [Completion("", [], "", 0) for _ in prompt_list]
     for event in stream(model, tokenizer, prompt_list, params, chat=chat):
-        texts[event.index] += event.text
-        traces[event.index].extend(event.tokens)
-        reasons[event.index] = event.finish_reason or reasons[event.index]
-    prompt_sizes = [len(ids) for ids in encode_prompts(tokenizer, prompt_list, chat)]
-    return [Completion(t, tr, r, n) for t, tr, r, n in zip(texts, traces, reasons, prompt_sizes)]
+        completion = completions[event.index]
+        completion.text += event.text
+        completion.tokens.extend(event.tokens)
+        completion.finish_reason = event.finish_reason or completion.finish_reason
+        completion.prompt_tokens = event.prompt_tokens
+    return completions

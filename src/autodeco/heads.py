@@ -14,18 +14,27 @@ NUM_STATISTICS = 4  # max prob, entropy, variance, top-5 mass
 EPS = 1e-8  # the released code's guard in T-scaling and in log(q)
 
 
+@torch.no_grad()
 def probability_statistics(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
     """The top-p head's four extra inputs, over q = softmax(logits / (T + 1e-8)).
 
     Returns ``[..., 4]``: max(q); -(q * log(q + 1e-8)).sum(); var(q) with torch's default unbiased
     correction (divide by V - 1); the sum of the 5 largest q. Computed in float32 whatever the
-    logits' dtype, because a bfloat16 softmax over a large vocabulary loses the small entries.
+    logits' dtype (a bfloat16 softmax over a large vocabulary loses the small entries). They carry
+    no gradient: T enters the top-p head detached. The vocabulary-sized work runs in place on two
+    buffers, because at a 262k vocabulary memory traffic, not arithmetic, is the cost.
     """
-    q = torch.softmax(logits.float() / (temperature.float().unsqueeze(-1) + EPS), dim=-1)
-    max_prob = q.amax(dim=-1)
-    entropy = -(q * torch.log(q + EPS)).sum(dim=-1)
-    variance = q.var(dim=-1)
-    top5 = q.topk(min(5, q.shape[-1]), dim=-1).values.sum(dim=-1)
+    q = logits.float() / (temperature.float().unsqueeze(-1) + EPS)
+    q.sub_(q.amax(dim=-1, keepdim=True)).exp_()
+    exp_sum = q.sum(dim=-1, keepdim=True)
+    q.div_(exp_sum)  # softmax, in place
+    vocab = q.shape[-1]
+    max_prob = exp_sum.reciprocal().squeeze(-1)  # the largest entry was exp(0) / exp_sum
+    entropy = -(q + EPS).log_().mul_(q).sum(dim=-1)
+    # var = (sum q^2 - (sum q)^2 / V) / (V - 1): torch.var's value without a centred copy
+    total = q.sum(dim=-1)
+    variance = (torch.linalg.vector_norm(q, dim=-1).square() - total.square() / vocab) / (vocab - 1)
+    top5 = q.topk(min(5, vocab), dim=-1, sorted=False).values.sum(dim=-1)
     return torch.stack([max_prob, entropy, variance, top5], dim=-1)
 
 

@@ -137,29 +137,17 @@ class AutoDecoModelForCausalLM(nn.Module):
         directory = Path(path)
         config = read_autodeco_config(directory)
         tensor_names = _checkpoint_tensor_names(directory)
-        is_merged = any(name.startswith(MERGED_PREFIX) for name in tensor_names)
-        if is_merged:
+        heads = _heads_from_tensors(_read_head_tensors(directory, tensor_names), config, directory)  # before the slow base
+        if any(name.startswith(MERGED_PREFIX) for name in tensor_names):
             if base is not None:
                 raise AutoDecoError(f"{directory} is a merged checkpoint that already holds its base; drop base=")
             llm = _load_merged_base(directory, config, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
-            base_name = config.get("base_model_name_or_path")
-        else:
-            base_ref = base if base is not None else config.get("base_model_name_or_path")
-            if not base_ref:
-                raise AutoDecoError(
-                    f"{directory / CONFIG_NAME} names no base_model_name_or_path; pass the base explicitly (base=... or --model)"
-                )
-            llm = load_base(base_ref, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
-            base_name = str(base_ref) if isinstance(base_ref, (str, os.PathLike)) else config.get("base_model_name_or_path")
-        head_tensors = _read_head_tensors(directory, tensor_names)
-        heads = AutoDecoHeads(
-            _hidden_size(llm.config),
-            use_enhanced_features=config.get("use_enhanced_features", True),
-            enable_temperature_head=config.get("enable_temperature_head", True),
-            enable_top_p_head=config.get("enable_top_p_head", True),
-        )
-        _check_head_tensors(head_tensors, heads, directory)
-        heads.load_state_dict({k: v.float() for k, v in head_tensors.items()})
+            return cls(llm, heads, base_name_or_path=config.get("base_model_name_or_path"))
+        base_ref = base if base is not None else config.get("base_model_name_or_path")
+        if not base_ref:
+            raise AutoDecoError(f"{directory / CONFIG_NAME} names no base_model_name_or_path; pass the base explicitly (base=... or --model)")
+        llm = load_base(base_ref, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+        base_name = str(base_ref) if isinstance(base_ref, (str, os.PathLike)) else config.get("base_model_name_or_path")
         return cls(llm, heads, base_name_or_path=base_name)
 
     # ------------------------------------------------------------------ saving
@@ -232,12 +220,14 @@ class AutoDecoModelForCausalLM(nn.Module):
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         cache: Any = None,
+        compute_heads: bool = True,
         **kwargs: Any,
     ) -> AutoDecoOutput:
         """One pass of the base; the heads run on the hidden states fed to its LM head.
 
         ``logits_to_keep=n`` keeps the last n positions only (1 for decoding), for the logits and
         for T and P alike. The KV cache may be passed as ``past_key_values`` or ``cache``.
+        ``compute_heads=False`` skips the heads (T and P are None): what static baselines pay.
         """
         if past_key_values is not None and cache is not None:
             raise AutoDecoError("pass the KV cache once, as cache= or past_key_values=, not both")
@@ -253,6 +243,8 @@ class AutoDecoModelForCausalLM(nn.Module):
             **kwargs,
         )
         hidden, self._lm_head_input = self._lm_head_input, None
+        if not compute_heads:
+            return AutoDecoOutput(logits=out.logits, cache=out.cache)
         if hidden is None:
             raise AutoDecoError(f"{type(self.llm).__name__} did not call its output embedding; AutoDeco needs a causal LM head")
         temperature, top_p = self.heads(hidden, out.logits)
@@ -284,10 +276,12 @@ class AutoDecoModelForCausalLM(nn.Module):
         serving semantics: 1 and 1 mean pure AutoDeco); ``do_sample=False`` or ``temperature=0``
         is greedy. Returns the prompt plus new tokens, padded with ``pad_token_id`` after each
         row's end, as Hugging Face does; or, with ``return_dict_in_generate=True``, also the T
-        and P used per new token.
+        and P used per new token. From ``generation_config`` (default: the base's) only
+        max_new_tokens, eos/pad ids and return_dict_in_generate are read: its sampling settings
+        are what the heads replace. Beam search and other search strategies are refused.
         """
         config = generation_config or self.llm.generation_config
-        ignored = {k: v for k, v in unsupported.items() if v not in (None, False, 1) and k != "use_cache"}
+        ignored = {k: v for k, v in unsupported.items() if v not in (None, False, 1)}  # 1, False: the HF defaults
         if ignored:
             raise AutoDecoError(
                 f"generate() does not support {sorted(ignored)}; AutoDeco samples one sequence per row "
@@ -393,20 +387,32 @@ def _read_head_tensors(directory: Path, tensor_names: dict[str, Path]) -> dict[s
     return tensors
 
 
-def _check_head_tensors(tensors: dict[str, torch.Tensor], heads: AutoDecoHeads, directory: Path) -> None:
-    expected = expected_head_shapes(heads.hidden_size, heads.top_p_head.use_enhanced_features)
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
+def _heads_from_tensors(tensors: dict[str, torch.Tensor], config: dict[str, Any], directory: Path) -> AutoDecoHeads:
+    """Heads built from checkpoint tensors, which must be exactly the 8 released ones with
+    consistent shapes (the hidden size is read off temp_head.mlp.0.weight)."""
+    use_statistics = config.get("use_enhanced_features", True)
+    first_layer = tensors.get("temp_head.mlp.0.weight")
+    hidden = first_layer.shape[1] if first_layer is not None and first_layer.dim() == 2 else config.get("hidden_size", 0)
+    expected = expected_head_shapes(hidden, use_statistics)
+    missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or extra:
         parts = ([f"missing {missing}"] if missing else []) + ([f"unexpected {extra}"] if extra else [])
         raise AutoDecoError(f"{directory} does not hold the 8 AutoDeco head tensors: {'; '.join(parts)}")
     for name, shape in expected.items():
         if tuple(tensors[name].shape) != shape:
-            found = tuple(tensors[name].shape)
             raise AutoDecoError(
-                f"{directory}: {name} has shape {list(found)} but this base needs {list(shape)} "
-                f"(base hidden size {heads.hidden_size}); the heads were trained for another base model"
+                f"{directory}: {name} has shape {list(tensors[name].shape)} but hidden size {hidden} "
+                f"{'with' if use_statistics else 'without'} the top-p statistics needs {list(shape)}; "
+                "check use_enhanced_features in config.json"
             )
+    heads = AutoDecoHeads(
+        hidden,
+        use_enhanced_features=use_statistics,
+        enable_temperature_head=config.get("enable_temperature_head", True),
+        enable_top_p_head=config.get("enable_top_p_head", True),
+    )
+    heads.load_state_dict({k: v.float() for k, v in tensors.items()})
+    return heads
 
 
 def _load_merged_base(
