@@ -6,6 +6,14 @@ base, same prompts, same number of new tokens, in one run.
     python benchmarks/decode_overhead.py --model DIR --name gemma-3-270m --dtype bfloat16
 
 Writes benchmarks/results/decode_overhead-<name>.json and .md (machine and versions included).
+
+On CPU, run it with glibc's allocator told to keep freed memory (as `make bench` does):
+
+    MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=17179869184 python benchmarks/decode_overhead.py
+
+With the defaults, every vocabulary-sized buffer (8 MB at batch 8 and a 262k vocabulary) is a
+fresh mmap and page-faults on first touch; which contender pays for that varies from run to run,
+and it swamps differences of a few percent.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
 import time
@@ -26,6 +35,8 @@ from autodeco import AutoDecoModelForCausalLM, SamplingParams
 from autodeco.decoding import decode
 
 RESULTS = Path(__file__).parent / "results"
+MATCHED = "ours: static at AutoDeco's mean T, P"
+MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "LD_PRELOAD")
 
 
 def llama_32k() -> transformers.PreTrainedModel:
@@ -90,16 +101,23 @@ def main() -> None:
     model = AutoDecoModelForCausalLM.from_base(base)
     vocab = base.config.get_text_config().vocab_size
     n = args.new_tokens
-    contenders = {
-        "ours: greedy": lambda ids, mask: time_ours(model, ids, mask, SamplingParams(decoding="greedy", max_new_tokens=n)),
-        "ours: static T=0.7 P=0.9": lambda ids, mask: time_ours(model, ids, mask, SamplingParams(decoding="static", temperature=0.7, top_p=0.9, max_new_tokens=n, seed=0)),
-        "ours: AutoDeco": lambda ids, mask: time_ours(model, ids, mask, SamplingParams(max_new_tokens=n, seed=0)),
-        "HF generate: greedy": lambda ids, mask: time_hf(base, ids, mask, n, do_sample=False),
-        "HF generate: T=0.7 P=0.9": lambda ids, mask: time_hf(base, ids, mask, n, do_sample=True, temperature=0.7, top_p=0.9, top_k=None),
-    }
-    rows, heads = [], {}
+    rows, heads, matched = [], {}, {}
     for batch in [int(b) for b in args.batches.split(",")]:
         ids, mask = prompts(batch, args.prompt_length, vocab)
+        # the control for AutoDeco's cost: static sampling at the mean T and P AutoDeco used here,
+        # so both sample from nuclei of the same size and only the per-token prediction differs
+        steps = list(decode(model, ids, mask, [SamplingParams(max_new_tokens=n, seed=0)] * batch, eos_token_ids=set()))
+        mean_t = statistics.fmean(t for step in steps for t in step.temperatures)
+        mean_p = statistics.fmean(p for step in steps for p in step.top_ps)
+        matched[batch] = {"temperature": mean_t, "top_p": mean_p}
+        contenders = {
+            "ours: greedy": lambda ids, mask: time_ours(model, ids, mask, SamplingParams(decoding="greedy", max_new_tokens=n)),
+            "ours: static T=0.7 P=0.9": lambda ids, mask: time_ours(model, ids, mask, SamplingParams(decoding="static", temperature=0.7, top_p=0.9, max_new_tokens=n, seed=0)),
+            MATCHED: lambda ids, mask: time_ours(model, ids, mask, SamplingParams(decoding="static", temperature=mean_t, top_p=mean_p, max_new_tokens=n, seed=0)),
+            "ours: AutoDeco": lambda ids, mask: time_ours(model, ids, mask, SamplingParams(max_new_tokens=n, seed=0)),
+            "HF generate: greedy": lambda ids, mask: time_hf(base, ids, mask, n, do_sample=False),
+            "HF generate: T=0.7 P=0.9": lambda ids, mask: time_hf(base, ids, mask, n, do_sample=True, temperature=0.7, top_p=0.9, top_k=None),
+        }
         for run in contenders.values():  # warm-up: allocator, kernels, caches
             run(ids, mask)
         timings = {name: [] for name in contenders}
@@ -118,8 +136,8 @@ def main() -> None:
 
     ratios = {
         batch: {
-            "autodeco_over_static_cost": tps(batch, "ours: static T=0.7 P=0.9") / tps(batch, "ours: AutoDeco") - 1,
-            "heads_share_of_static_step": heads[batch] / (1e3 * batch / tps(batch, "ours: static T=0.7 P=0.9")),
+            "autodeco_over_static_cost": tps(batch, MATCHED) / tps(batch, "ours: AutoDeco") - 1,
+            "heads_share_of_static_step": heads[batch] / (1e3 * batch / tps(batch, MATCHED)),
             "autodeco_vs_hf_sampled": tps(batch, "ours: AutoDeco") / tps(batch, "HF generate: T=0.7 P=0.9"),
             "static_vs_hf_sampled": tps(batch, "ours: static T=0.7 P=0.9") / tps(batch, "HF generate: T=0.7 P=0.9"),
             "greedy_vs_hf_greedy": tps(batch, "ours: greedy") / tps(batch, "HF generate: greedy"),
@@ -130,25 +148,29 @@ def main() -> None:
         "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
         "torch": torch.__version__, "transformers": transformers.__version__,
+        "allocator_env": {k: os.environ.get(k) for k in MALLOC_ENV},
     }
     setup = {"model": args.model or "LlamaConfig(vocab 32000, hidden 512, 8 layers), random weights", "name": args.name,
              "dtype": args.dtype, "vocab": vocab, "params": sum(p.numel() for p in base.parameters()),
              "prompt_length": args.prompt_length, "new_tokens": n, "repeats": args.repeats}
     RESULTS.mkdir(exist_ok=True)
     stem = RESULTS / f"decode_overhead-{args.name}"
-    stem.with_suffix(".json").write_text(json.dumps({"setup": setup, "machine": machine, "rows": rows, "heads_ms_per_step": heads, "ratios": ratios}, indent=2) + "\n")
+    stem.with_suffix(".json").write_text(json.dumps({"setup": setup, "machine": machine, "rows": rows, "heads_ms_per_step": heads, "matched_static": matched, "ratios": ratios}, indent=2) + "\n")
+    matched_text = ", ".join(f"{b}: ({m['temperature']:.3f}, {m['top_p']:.3f})" for b, m in matched.items())
     lines = [
         f"# Decode overhead: {args.name}", "",
         f"`python benchmarks/decode_overhead.py {' '.join(f'--{k.replace(chr(95), chr(45))} {v}' for k, v in vars(args).items() if v is not None)}`", "",
         f"Model: {setup['model']} ({setup['params'] / 1e6:.0f}M params, vocab {vocab}, {args.dtype}); prompt {args.prompt_length} tokens, "
         f"{n} new tokens; best of {args.repeats} interleaved runs after a warm-up (medians in the JSON).", "",
         f"Machine: {machine['platform']}, {machine['processor']}, {machine['torch_threads']} torch threads; "
-        f"torch {machine['torch']}, transformers {machine['transformers']}.", "",
+        f"torch {machine['torch']}, transformers {machine['transformers']}; allocator settings: "
+        f"{', '.join(f'{k}={v}' for k, v in machine['allocator_env'].items() if v) or 'glibc defaults'}.", "",
         "| batch | contender | tokens/s (best) | tokens/s (median) |", "|---:|---|---:|---:|",
     ]
     lines += [f"| {r['batch']} | {r['contender']} | {r['tokens_per_s']:.1f} | {r['tokens_per_s_median']:.1f} |" for r in rows]
     lines += [
-        "", "| batch | AutoDeco cost over static, end to end | heads per decode step (isolated) | AutoDeco / HF sampled | static / HF sampled | greedy / HF greedy |",
+        "", f"Matched static (T, P), the mean AutoDeco used, per batch size: {matched_text}.",
+        "", "| batch | AutoDeco cost over matched static, end to end | heads per decode step (isolated) | AutoDeco / HF sampled | static / HF sampled | greedy / HF greedy |",
         "|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [
