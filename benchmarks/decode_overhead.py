@@ -95,9 +95,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
 
-    torch.set_num_threads(torch.get_num_threads())
     dtype = getattr(torch, args.dtype)
-    base = (AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype) if args.model else llama_32k().to(dtype)).eval()
+    base = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).eval() if args.model else llama_32k().to(dtype)
     model = AutoDecoModelForCausalLM.from_base(base)
     vocab = base.config.get_text_config().vocab_size
     n = args.new_tokens

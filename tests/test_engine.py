@@ -153,3 +153,17 @@ def test_static_and_greedy_batches_do_not_pay_for_the_heads(make_model, tokenize
     assert calls == []
     generate(model, tokenizer, PROMPTS[:2], [baselines[0], SamplingParams(max_new_tokens=3)])
     assert calls  # one AutoDeco row: the heads run for the batch
+
+
+def test_incremental_detokenisation_matches_a_full_decode(tokenizer):
+    from autodeco.engine import _RowText
+
+    text = "Héllo wörld 😀 ok\n  spaces  and 日本語 text. Answer: 42"
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    assert len(ids) > len(text.split())  # multi-byte characters span several byte-level tokens
+    row, pieces = _RowText(tokenizer, (), set()), []
+    for token in ids:
+        row.add(token)
+        pieces.append(row.last_piece)
+        assert "\ufffd" not in row.decoded  # a split character waits for the token that completes it
+    assert row.decoded == tokenizer.decode(ids, skip_special_tokens=True) == "".join(pieces)

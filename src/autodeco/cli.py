@@ -51,7 +51,7 @@ def load_model_and_tokenizer(model: Optional[str], heads: Optional[Path], dtype:
     if heads is not None:
         autodeco = AutoDecoModelForCausalLM.from_pretrained(heads, base=model, dtype=_dtype(dtype), device=device, trust_remote_code=trust_remote_code)
         tokenizer_source = model or read_autodeco_config(Path(heads)).get("base_model_name_or_path")
-    elif model is not None and (Path(model) / "config.json").is_file() and _is_autodeco_dir(Path(model)):
+    elif model is not None and _is_autodeco_dir(Path(model)):
         autodeco = AutoDecoModelForCausalLM.from_pretrained(model, dtype=_dtype(dtype), device=device, trust_remote_code=trust_remote_code)
         tokenizer_source = model
     else:

@@ -84,14 +84,10 @@ def decode_one_token(
 
 
 def sample_step(out: Any, sampling: BatchedSampling, seeds: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Next token per row from one model output -> (tokens, T used, P used). Without heads
-    (``out.temperature`` None) every row must be static or greedy."""
-    if out.temperature is None:
-        neutral = torch.ones(seeds.shape[0], device=out.logits.device)
-        temperature, top_p = sampling.resolve(neutral, neutral)
-    else:
-        temperature, top_p = sampling.resolve(out.temperature[:, -1], out.top_p[:, -1])
-    uniforms = counter_uniforms(seeds, torch.full_like(seeds, step))
+    """Next token per row from one model output -> (tokens, T used, P used)."""
+    learned = (out.temperature[:, -1], out.top_p[:, -1]) if sampling.needs_heads else (None, None)
+    temperature, top_p = sampling.resolve(*learned)
+    uniforms = None if sampling.all_greedy else counter_uniforms(seeds, torch.full_like(seeds, step))
     tokens = sample_tokens(out.logits[:, -1], temperature, top_p, top_k=sampling.top_k, min_p=sampling.min_p, uniforms=uniforms)
     return tokens, temperature, top_p
 
@@ -144,11 +140,10 @@ def decode(
     budgets = [p.max_new_tokens if limit is None else min(p.max_new_tokens, limit - n) for p, n in zip(params, prompt_lengths)]
     sampling = BatchedSampling.from_params(params, device)
     seeds = request_seeds(params, device)
-    use_heads = any(p.decoding == "autodeco" for p in params)  # static baselines skip the heads' cost
     live = [True] * len(params)
     produced = [0] * len(params)
 
-    out = prefill(model, input_ids, attention_mask, use_heads)
+    out = prefill(model, input_ids, attention_mask, sampling.needs_heads)  # static baselines skip the heads
     position_ids = positions_from_mask(attention_mask)[:, -1:]
     for step in range(max(budgets)):
         tokens, temperature, top_p = sample_step(out, sampling, seeds, step)
@@ -170,7 +165,7 @@ def decode(
             return
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], dim=-1)
         position_ids = position_ids + 1
-        out = decode_one_token(model, tokens, attention_mask, position_ids, out.cache, use_heads)
+        out = decode_one_token(model, tokens, attention_mask, position_ids, out.cache, sampling.needs_heads)
 
 
 def decode_to_tensors(

@@ -75,14 +75,19 @@ class StreamEvent:
 
 @dataclass
 class _RowText:
-    """Incremental detokenisation of one row: each token's own text, stop strings, hold-back."""
+    """Incremental detokenisation of one row: each token's own text, stop strings, hold-back.
+
+    Each step decodes only the new tokens plus a few tokens of left context (the method of
+    vLLM's and Hugging Face's streamers), so a long answer is not re-decoded at every token.
+    """
 
     tokenizer: PreTrainedTokenizerBase
     stop: tuple[str, ...]
     eos_ids: set[int]
     ids: list[int] = field(default_factory=list)
+    prefix_offset: int = 0  # left context for decoding the new tokens
+    read_offset: int = 0  # ids before this are in `decoded`
     decoded: str = ""  # everything decoded so far, stop string included
-    credited: int = 0  # characters of `decoded` already credited to a token
     answer_end: int | None = None  # where the first stop string starts, once one is seen
     emitted: int = 0  # characters of the answer already streamed
     last_piece: str = ""  # the text the last token added to the answer
@@ -97,29 +102,35 @@ class _RowText:
         return self.decoded if self.answer_end is None else self.decoded[: self.answer_end]
 
     def add(self, token_id: int) -> None:
-        """Append a token and decode; finds stop strings that the new text completes."""
+        """Append a token and decode it; finds stop strings that the new text completes."""
         self.last_piece = ""
         if token_id in self.eos_ids:
             return
-        previous = len(self.decoded)
         self.ids.append(token_id)
-        self.decoded = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        previous = len(self.decoded)
+        self.decoded += self._new_text()
         for stop in self.stop:
             start = self.decoded.find(stop, max(0, previous - len(stop) + 1))
             if start >= 0 and (self.answer_end is None or start < self.answer_end):
                 self.answer_end = start
-        # an incomplete UTF-8 character decodes as U+FFFD: credit it to the token that completes it
-        stable = len(self.decoded) - self.decoded.endswith("\ufffd")
-        self.last_piece = self.text[self.credited:stable]
-        self.credited = max(self.credited, stable)
+        self.last_piece = self.text[previous:]
+
+    def _new_text(self) -> str:
+        """Text of the tokens not yet in ``decoded``. Empty while they end inside a UTF-8
+        character (it decodes as U+FFFD): the token that completes it gets the character."""
+        context = self.tokenizer.decode(self.ids[self.prefix_offset:self.read_offset], skip_special_tokens=True)
+        text = self.tokenizer.decode(self.ids[self.prefix_offset:], skip_special_tokens=True)
+        if len(text) <= len(context) or text.endswith("\ufffd"):
+            return ""
+        self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+        return text[len(context):]
 
     def flushable(self, final: bool) -> str:
-        """Answer text safe to stream now: all of it at the end; otherwise hold back an
-        incomplete UTF-8 character and any tail that could still grow into a stop string."""
+        """Answer text safe to stream now: all of it at the end; otherwise hold back any tail
+        that could still grow into a stop string."""
         text = self.text
         hold = 0
         if not final:
-            hold = 1 if text.endswith("\ufffd") else 0
             for stop in self.stop:
                 for size in range(min(len(stop) - 1, len(text)), 0, -1):
                     if text.endswith(stop[:size]):

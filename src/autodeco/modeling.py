@@ -392,7 +392,7 @@ def _heads_from_tensors(tensors: dict[str, torch.Tensor], config: dict[str, Any]
     consistent shapes (the hidden size is read off temp_head.mlp.0.weight)."""
     use_statistics = config.get("use_enhanced_features", True)
     first_layer = tensors.get("temp_head.mlp.0.weight")
-    hidden = first_layer.shape[1] if first_layer is not None and first_layer.dim() == 2 else config.get("hidden_size", 0)
+    hidden = first_layer.shape[-1] if first_layer is not None else 0  # 0: reported as missing below
     expected = expected_head_shapes(hidden, use_statistics)
     missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or extra:

@@ -136,6 +136,8 @@ class BatchedSampling:
     static_top_p: torch.Tensor
     top_k: torch.Tensor | None  # None when no row filters, so the common case skips the work
     min_p: torch.Tensor | None
+    needs_heads: bool  # some row decodes with the learned values: the model must run its heads
+    all_greedy: bool  # every row takes the argmax: no randomness needed
 
     @classmethod
     def from_params(cls, params: list[SamplingParams], device: torch.device | str = "cpu") -> "BatchedSampling":
@@ -156,11 +158,18 @@ class BatchedSampling:
             static_top_p=column([p.top_p for p in params]),
             top_k=column(top_k, torch.long) if any(top_k) else None,
             min_p=column(min_p) if any(min_p) else None,
+            needs_heads=any(p.decoding == "autodeco" for p in params),
+            all_greedy=all(p.is_greedy for p in params),
         )
 
-    def resolve(self, learned_temperature: torch.Tensor, learned_top_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def resolve(self, learned_temperature: torch.Tensor | None, learned_top_p: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-row (T, P) actually used this step: learned values under user controls for
-        autodeco rows, the constants for static and greedy rows."""
+        autodeco rows, the constants for static and greedy rows. Pass None for the learned
+        values when the heads did not run (``needs_heads`` is False)."""
+        if learned_temperature is None or learned_top_p is None:
+            if self.needs_heads:
+                raise AutoDecoError("this batch decodes with the learned T and P, but the model output carries none")
+            return self.static_temperature, self.static_top_p
         auto_t, auto_p = apply_user_controls(
             learned_temperature.float(), learned_top_p.float(),
             self.temperature_scale, self.top_p_scale, self.t_min, self.t_max, self.p_min, self.p_max,
@@ -171,15 +180,10 @@ class BatchedSampling:
         )
 
 
-def check_finite(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor) -> None:
-    """Refuse to sample from garbage: NaN or +inf logits, rows that are all -inf, NaN T or P."""
-    ok = torch.isfinite(logits.amax(dim=-1)).all() & torch.isfinite(temperature).all() & ~torch.isnan(top_p).any()
-    if not bool(ok):
-        bad_rows = (~torch.isfinite(logits.amax(dim=-1)) | ~torch.isfinite(temperature) | torch.isnan(top_p)).nonzero()
-        raise AutoDecoError(
-            f"non-finite logits, temperature or top-p in batch rows {bad_rows.flatten().tolist()}; "
-            "this usually means float16 overflow: load the model with dtype=bfloat16 or float32"
-        )
+def finite_rows(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Bool [B]: rows safe to sample from. NaN or +inf logits, rows that are all -inf, and NaN T
+    or P are garbage; -inf entries alone are fine (banned tokens)."""
+    return torch.isfinite(logits.amax(dim=-1)) & torch.isfinite(temperature) & ~torch.isnan(top_p)
 
 
 @dataclass
@@ -190,7 +194,6 @@ class _Nucleus:
     sorted_ids: torch.Tensor  # [B, V] their vocabulary ids
     cdf: torch.Tensor  # [B, V] float64 cumulative sum of sorted_probs
     kept: torch.Tensor  # [B, 1] how many of the most likely tokens each row keeps (>= 1)
-    greedy: torch.Tensor  # [B] rows that take the argmax
 
 
 def _nucleus(
@@ -201,9 +204,9 @@ def _nucleus(
     min_p: torch.Tensor | None,
 ) -> _Nucleus:
     """The filters of the module docstring, as a count of kept tokens per sorted row. Every
-    filter keeps a prefix of the sorted row, so the result is the smallest of their counts."""
-    greedy = temperature <= 0
-    safe_t = torch.where(greedy, torch.ones_like(temperature), temperature).float()
+    filter keeps a prefix of the sorted row, so the result is the smallest of their counts.
+    Greedy rows (T <= 0) are sorted at T = 1; the callers replace them by the argmax."""
+    safe_t = torch.where(temperature <= 0, torch.ones_like(temperature), temperature).float()
     probs = torch.softmax(logits.float() / safe_t.unsqueeze(-1), dim=-1)
     sorted_probs, sorted_ids = probs.sort(dim=-1, descending=True)
     cdf = sorted_probs.double().cumsum(dim=-1)
@@ -223,7 +226,7 @@ def _nucleus(
     kept = torch.where((top_p >= 1).unsqueeze(-1), kept, torch.minimum(kept, by_top_p))
     if min_p is not None:
         kept = torch.minimum(kept, count_at_least(min_p.unsqueeze(-1) * sorted_probs[..., :1]).clamp(1))
-    return _Nucleus(sorted_probs, sorted_ids, cdf, kept.clamp(1), greedy)
+    return _Nucleus(sorted_probs, sorted_ids, cdf, kept.clamp(1))
 
 
 def top_p_probs(
@@ -248,7 +251,7 @@ def top_p_probs(
     probs = torch.zeros_like(kept).scatter_(-1, nucleus.sorted_ids, kept)
     probs = probs / probs.sum(dim=-1, keepdim=True)
     argmax = torch.zeros_like(probs).scatter_(-1, logits.argmax(dim=-1, keepdim=True), 1.0)
-    return torch.where(nucleus.greedy.unsqueeze(-1), argmax, probs)
+    return torch.where((temperature <= 0).unsqueeze(-1), argmax, probs)
 
 
 def sample_tokens(
@@ -267,17 +270,23 @@ def sample_tokens(
     ``uniforms [B]`` if given (see :func:`counter_uniforms`) or else from ``generator``.
     Raises :class:`AutoDecoError` on NaN/inf logits instead of sampling garbage.
     """
-    check_finite(logits, temperature, top_p)
-    argmax = logits.argmax(dim=-1)
-    if bool((temperature <= 0).all()):  # an all-greedy batch needs no sort
-        return argmax
+    greedy = temperature <= 0
+    finite = finite_rows(logits, temperature, top_p)
+    all_finite, all_greedy, any_greedy = torch.stack([finite.all(), greedy.all(), greedy.any()]).tolist()  # one host sync
+    if not all_finite:
+        raise AutoDecoError(
+            f"non-finite logits, temperature or top-p in batch rows {(~finite).nonzero().flatten().tolist()}; "
+            "this usually means float16 overflow: load the model with dtype=bfloat16 or float32"
+        )
+    if all_greedy:  # needs no sort
+        return logits.argmax(dim=-1)
     nucleus = _nucleus(logits, temperature, top_p, top_k, min_p)
     if uniforms is None:
         uniforms = torch.rand(logits.shape[0], generator=generator, dtype=torch.float64, device=logits.device)
     target = uniforms.to(nucleus.cdf.device, torch.float64).unsqueeze(-1) * nucleus.cdf.gather(-1, nucleus.kept - 1)
     position = torch.searchsorted(nucleus.cdf, target, right=True).clamp_max(nucleus.kept - 1)
     sampled = nucleus.sorted_ids.gather(-1, position).squeeze(-1)
-    return torch.where(nucleus.greedy, argmax, sampled)
+    return torch.where(greedy, logits.argmax(dim=-1), sampled) if any_greedy else sampled
 
 
 _MASK32 = 0xFFFFFFFF
