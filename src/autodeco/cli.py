@@ -140,6 +140,53 @@ def generate_command(
         _fail(str(error))
 
 
+@app.command()
+def train(
+    base: Annotated[str, typer.Option(help="Base model (frozen): a local folder or a hub id.")],
+    data: Annotated[Path, typer.Option(help="JSONL: {prompt, completion} or {messages} records.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Output: heads (released format), metrics.jsonl, training.png, checkpoints/.")],
+    heads: Annotated[Optional[Path], typer.Option(help="Start from these heads instead of new ones.")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many optimizer steps (overrides --epochs).")] = None,
+    epochs: Annotated[int, typer.Option(help="Passes over the data.")] = 1,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate (the paper: 5e-6 on 7B+ bases).")] = 5e-4,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.0,
+    schedule: Annotated[str, typer.Option(help="Learning-rate schedule after warmup: cosine or constant.")] = "cosine",
+    warmup_ratio: Annotated[float, typer.Option(help="Share of the steps spent warming up.")] = 0.05,
+    batch_size: Annotated[int, typer.Option(help="Examples per micro-batch per process.")] = 8,
+    grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimizer step.")] = 1,
+    max_length: Annotated[int, typer.Option(help="Longest example in tokens (the paper: 16384).")] = 1024,
+    drop_long: Annotated[bool, typer.Option("--drop-long", help="Drop over-long examples instead of truncating their completion.")] = False,
+    losses: Annotated[str, typer.Option(help="Comma-separated: temperature, top_p, or both.")] = "temperature,top_p",
+    dft: Annotated[bool, typer.Option("--dft/--no-dft", help="Weight each token's loss by the base's probability of it.")] = True,
+    easy_token_drop: Annotated[float, typer.Option(help="Drop positions where the base's argmax is right with this probability.")] = 0.6,
+    easy_token_scope: Annotated[str, typer.Option(help="Which losses easy-token masking applies to: temperature (released HF code) or both.")] = "temperature",
+    alpha: Annotated[float, typer.Option(help="Steepness of the soft top-p mask.")] = 30.0,
+    cache_features: Annotated[bool, typer.Option("--cache-features", help="Run the frozen base once; later epochs train from its cached hidden states.")] = False,
+    cache_on_disk: Annotated[bool, typer.Option("--cache-on-disk", help="Keep the feature cache in OUT/feature-cache (memory-mapped, survives restarts).")] = False,
+    checkpoint_every: Annotated[int, typer.Option(help="Write a checkpoint every N optimizer steps.")] = 100,
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --out.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed for the heads' initialisation, the data order and easy-token masking.")] = 0,
+    dtype: Annotated[str, typer.Option(help=f"Base weights dtype: {', '.join(DTYPES)} (auto: as stored, e.g. bf16).")] = "auto",
+    trust_remote_code: Annotated[bool, typer.Option(help="Run code shipped with the base model (off unless you trust it).")] = False,
+) -> None:
+    """Train the AutoDeco heads of a frozen base on completions (runs under accelerate launch / torchrun too)."""
+    from autodeco.training.trainer import TrainConfig, train as run_training
+
+    try:
+        config = TrainConfig(
+            base=base, data=str(data), out=str(out_dir), heads=str(heads) if heads else None, max_steps=max_steps, epochs=epochs,
+            lr=lr, weight_decay=weight_decay, schedule=schedule, warmup_ratio=warmup_ratio, batch_size=batch_size,
+            grad_accum=grad_accum, max_length=max_length, overflow="drop" if drop_long else "truncate",
+            losses=tuple(name.strip() for name in losses.split(",") if name.strip()), dft=dft, easy_token_drop=easy_token_drop,
+            easy_token_scope=easy_token_scope, alpha=alpha,
+            cache_features=("disk" if cache_on_disk else "memory") if (cache_features or cache_on_disk) else "none",
+            checkpoint_every=checkpoint_every, resume=resume, seed=seed, dtype=_dtype(dtype), trust_remote_code=trust_remote_code,
+        )
+        run_training(config, console=err)
+    except AutoDecoError as error:
+        _fail(str(error))
+
+
 def print_stream(events, color: bool) -> list[Completion]:
     """Print streamed text (coloured per token if asked) and a one-line summary per answer."""
     traces, reason = [], ""

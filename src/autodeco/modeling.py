@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,6 @@ from typing import Any
 import torch
 from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 from transformers.utils import ModelOutput
@@ -29,6 +26,7 @@ from transformers.utils import ModelOutput
 from autodeco.decoding import decode_to_tensors
 from autodeco.errors import AutoDecoError
 from autodeco.heads import AutoDecoHeads, expected_head_shapes
+from autodeco.io import atomic_save_tensors, atomic_write_text
 from autodeco.sampling import SamplingParams
 
 CONFIG_NAME = "config.json"
@@ -82,7 +80,7 @@ class AutoDecoModelForCausalLM(nn.Module):
         base_name_or_path: str | None = None,
     ) -> None:
         super().__init__()
-        hidden_size = _hidden_size(llm.config)
+        hidden_size = base_hidden_size(llm.config)
         if heads.hidden_size != hidden_size:
             raise AutoDecoError(
                 f"the heads expect hidden size {heads.hidden_size} but the base has hidden size {hidden_size}: "
@@ -114,7 +112,7 @@ class AutoDecoModelForCausalLM(nn.Module):
         """A base model (path, hub id or loaded model) with new, untrained heads."""
         llm = load_base(base, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
         heads = AutoDecoHeads(
-            _hidden_size(llm.config),
+            base_hidden_size(llm.config),
             use_enhanced_features=use_enhanced_features,
             enable_temperature_head=enable_temperature_head,
             enable_top_p_head=enable_top_p_head,
@@ -136,8 +134,8 @@ class AutoDecoModelForCausalLM(nn.Module):
         it) or a merged dir (``llm.*`` tensors; ``base`` must then be None)."""
         directory = Path(path)
         config = read_autodeco_config(directory)
+        heads = load_heads(directory)  # before the slow base: a bad heads dir fails fast
         tensor_names = _checkpoint_tensor_names(directory)
-        heads = _heads_from_tensors(_read_head_tensors(directory, tensor_names), config, directory)  # before the slow base
         if any(name.startswith(MERGED_PREFIX) for name in tensor_names):
             if base is not None:
                 raise AutoDecoError(f"{directory} is a merged checkpoint that already holds its base; drop base=")
@@ -174,8 +172,8 @@ class AutoDecoModelForCausalLM(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.heads.state_dict().items()}
-        _atomic_save_tensors(tensors, directory / WEIGHTS_NAME)
-        _atomic_write_text(json.dumps(self.autodeco_config(), indent=2, sort_keys=True) + "\n", directory / CONFIG_NAME)
+        atomic_save_tensors(tensors, directory / WEIGHTS_NAME)
+        atomic_write_text(json.dumps(self.autodeco_config(), indent=2, sort_keys=True) + "\n", directory / CONFIG_NAME)
 
     def save_merged(self, directory: str | os.PathLike, max_shard_size: str | int = "5GB") -> None:
         """Write the released merged format: ``llm.<key>`` base tensors + the 8 head tensors,
@@ -189,11 +187,11 @@ class AutoDecoModelForCausalLM(nn.Module):
         tensors.update({k: v.detach().contiguous().cpu() for k, v in self.heads.state_dict().items()})
         split = split_torch_state_dict_into_shards(tensors, filename_pattern="model{suffix}.safetensors", max_shard_size=max_shard_size)
         for filename, names in split.filename_to_tensors.items():
-            _atomic_save_tensors({name: tensors[name] for name in names}, directory / filename)
+            atomic_save_tensors({name: tensors[name] for name in names}, directory / filename)
         if split.is_sharded:
             index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
-            _atomic_write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", directory / INDEX_NAME)
-        _atomic_write_text(json.dumps(self.autodeco_config(), indent=2, sort_keys=True) + "\n", directory / CONFIG_NAME)
+            atomic_write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", directory / INDEX_NAME)
+        atomic_write_text(json.dumps(self.autodeco_config(), indent=2, sort_keys=True) + "\n", directory / CONFIG_NAME)
         self.llm.generation_config.save_pretrained(directory)
 
     # ------------------------------------------------------------------ forward
@@ -310,7 +308,7 @@ class AutoDecoModelForCausalLM(nn.Module):
 
 
 # ---------------------------------------------------------------------- loading helpers
-def _hidden_size(config: Any) -> int:
+def base_hidden_size(config: Any) -> int:
     return config.get_text_config().hidden_size
 
 
@@ -357,6 +355,13 @@ def read_autodeco_config(directory: Path) -> dict[str, Any]:
             "pass it as the base (--model) and the heads dir as --heads"
         )
     return config
+
+
+def load_heads(directory: str | os.PathLike) -> AutoDecoHeads:
+    """Just the heads of a heads-only or merged AutoDeco dir (no base is loaded)."""
+    directory = Path(directory)
+    config = read_autodeco_config(directory)
+    return _heads_from_tensors(_read_head_tensors(directory, _checkpoint_tensor_names(directory)), config, directory)
 
 
 def _checkpoint_files(directory: Path) -> list[Path]:
@@ -431,27 +436,40 @@ def _load_merged_base(
     return llm.to(device) if device is not None else llm
 
 
-# ---------------------------------------------------------------------- atomic writes
-def _atomic_replace(path: Path, write: Callable[[Path], None]) -> None:
-    """Write to a temporary file beside ``path``, then rename it over ``path`` (atomic on POSIX)."""
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        tmp_path = Path(tmp.name)
-    try:
-        write(tmp_path)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)  # NamedTemporaryFile creates 0600
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
+
+# ---------------------------------------------------------------------- base features for training
+def final_hidden_states(llm: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """``[B, L, H]``: the tensor the base feeds its LM head, at every position (the heads' input).
+
+    Read as ``hidden_states[-1]`` as the released trainer does, with ``logits_to_keep=1`` so the
+    vocabulary-sized LM head runs on one position only; it works through wrappers (DDP, FSDP).
+    """
+    out = llm(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, logits_to_keep=1, use_cache=False)
+    return out.hidden_states[-1]
 
 
-def _atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    _atomic_replace(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+def logits_from_hidden(llm: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
+    """The base's logits for final hidden states: its LM head, then its logit soft-capping if any
+    (Gemma 2). :func:`check_logits_from_hidden` verifies this against a full forward."""
+    logits = llm.get_output_embeddings()(hidden)
+    cap = getattr(llm.config.get_text_config(), "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
 
 
-def _atomic_write_text(text: str, path: Path) -> None:
-    _atomic_replace(path, lambda tmp: tmp.write_text(text))
+@torch.no_grad()
+def check_logits_from_hidden(llm: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+    """Raise unless :func:`logits_from_hidden` reproduces the base's own forward on this batch."""
+    expected = llm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    rebuilt = logits_from_hidden(llm, final_hidden_states(llm, input_ids, attention_mask))
+    keep = attention_mask.bool()
+    if not torch.allclose(rebuilt[keep].float(), expected[keep].float(), atol=1e-3, rtol=1e-3):
+        raise AutoDecoError(
+            f"{type(llm).__name__} post-processes its logits in a way autodeco does not reproduce from the hidden "
+            "states, so the heads cannot be trained on it; please report the architecture"
+        )
 
 
-__all__ = ["AutoDecoModelForCausalLM", "AutoDecoOutput", "AutoDecoGenerateOutput", "load_base", "read_autodeco_config"]
+__all__ = [
+    "AutoDecoGenerateOutput", "AutoDecoModelForCausalLM", "AutoDecoOutput", "check_logits_from_hidden",
+    "final_hidden_states", "load_base", "load_heads", "logits_from_hidden", "read_autodeco_config",
+]

@@ -1,0 +1,184 @@
+"""The AutoDeco training losses (spec section 4), as pure functions of one token row each.
+
+Every function takes, per position, the base model's unscaled ``logits [N, V]`` (no gradient: the
+base is frozen), the heads' ``temperature [N]`` and ``top_p [N]``, and the ground-truth next
+tokens ``targets [N]``, and returns a per-position tensor ``[N]``. Reductions (means over the kept
+positions of a batch) belong to the trainer.
+
+Two implementations of the soft top-p loss sit side by side: :func:`soft_top_p_loss_reference`,
+the released code's formula read literally (a full sort of the vocabulary), and
+:func:`soft_top_p_loss`, which gives the same value and gradient without the sort (see its
+docstring for the bound). The vocabulary-sized work of both fast losses runs without autograd;
+:class:`ScaledLogSumExp` supplies the exact gradient with respect to T in closed form, so no
+``[N, V]`` tensor is kept for the backward pass.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+MIN_TEMPERATURE = 1e-2  # the released temperature loss clamps T here
+TOP_P_TEMPERATURE_EPS = 1e-8  # the released soft top-p loss clamps T here instead
+RENORM_EPS = 1e-9  # released: p~ = p*m / (sum(p*m) + 1e-9); loss = -log(p~[y] + 1e-9)
+DEFAULT_ALPHA = 30.0
+DEFAULT_EASY_TOKEN_DROP = 0.6
+
+
+class ScaledLogSumExp(torch.autograd.Function):
+    """``logsumexp(logits / T)`` over the last dim, differentiable in T only.
+
+    d/dT logsumexp(l / T) = -E_q[l] / T^2 with q = softmax(l / T), so the backward pass needs one
+    number per row, computed in the forward pass, instead of the ``[N, V]`` softmax autograd
+    would keep. ``where`` (optional, bool ``[N, V]``) restricts the sum to those entries.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, temperature: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
+        scaled = logits.float() / temperature.float().unsqueeze(-1)
+        if where is not None:
+            scaled.masked_fill_(~where, -math.inf)
+        row_max = scaled.amax(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).min)  # all -inf rows
+        weights = scaled.sub_(row_max).exp_()  # in place: one [N, V] buffer in all
+        total = weights.sum(dim=-1)
+        clean_logits = logits.float() if where is None else logits.float().masked_fill(~where, 0.0)
+        expected_logit = torch.linalg.vecdot(weights, clean_logits) / total.clamp_min(torch.finfo(torch.float32).tiny)
+        ctx.save_for_backward(temperature, expected_logit)
+        return row_max.squeeze(-1) + total.log()
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        temperature, expected_logit = ctx.saved_tensors
+        grad_temperature = grad_output * (-expected_logit / temperature.float().square())
+        return None, grad_temperature.to(temperature.dtype), None
+
+
+def scaled_logsumexp(logits: torch.Tensor, temperature: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
+    """``[N]``: log sum_i exp(logits_i / T) (over ``where`` only, if given); exact gradient in T."""
+    return ScaledLogSumExp.apply(logits, temperature, where)
+
+
+@torch.no_grad()
+def dft_weights(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Dynamic Fine-Tuning weight ``softmax(l)[y]``: the base's own probability of the target, detached."""
+    logits = logits.float()
+    return (logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(dim=-1)).exp()
+
+
+@torch.no_grad()
+def easy_token_keep(logits: torch.Tensor, targets: torch.Tensor, drop_probability: float, uniforms: torch.Tensor) -> torch.Tensor:
+    """Easy-token masking: bool ``[N]``, False where ``argmax(l) == y`` and ``uniforms < drop_probability``.
+
+    ``uniforms [N]`` in [0, 1) are the caller's, so a position's draw can depend on the example
+    and position alone (the same whatever the batching or the number of processes).
+    """
+    easy = logits.argmax(dim=-1) == targets
+    return ~(easy & (uniforms < drop_probability))
+
+
+def _shift_to_max(logits: torch.Tensor) -> torch.Tensor:
+    """``l - max(l)`` per row, in float32: the losses are unchanged, and their T-gradients, sums of
+    terms in l / T^2, no longer cancel large numbers (T = 0.02, l ~ 20 would lose 3 digits)."""
+    logits = logits.float()
+    return logits - logits.amax(dim=-1, keepdim=True)
+
+
+def temperature_loss(logits: torch.Tensor, temperature: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per position ``CE(l / max(T, 0.01), y) = logsumexp(l / T') - l_y / T'`` with ``T' = max(T, 0.01)``."""
+    clamped = temperature.clamp_min(MIN_TEMPERATURE)
+    logits = _shift_to_max(logits)
+    target_logit = logits.float().gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return scaled_logsumexp(logits, clamped) - target_logit / clamped
+
+
+def soft_top_p_loss_reference(
+    logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, targets: torch.Tensor, alpha: float = DEFAULT_ALPHA
+) -> torch.Tensor:
+    """The soft top-p loss as released (readable reference; sorts the whole vocabulary).
+
+    p = softmax(l / T); sort p descending, c = cumsum; m = exp(-alpha * relu(c - P)) mapped back
+    to vocabulary order; p~ = p * m / (sum(p * m) + 1e-9); loss = -log(p~[y] + 1e-9). Gradients
+    reach P (top-p head) and T (temperature head, through p).
+    """
+    probs = torch.softmax(logits.float() / temperature.clamp_min(TOP_P_TEMPERATURE_EPS).unsqueeze(-1), dim=-1)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    decay = torch.exp(-alpha * torch.relu(sorted_probs.cumsum(dim=-1) - top_p.unsqueeze(-1)))
+    mask = torch.zeros_like(probs).scatter(-1, order, decay)
+    masked = probs * mask
+    renormalised = masked / (masked.sum(dim=-1, keepdim=True) + RENORM_EPS)
+    return -torch.log(renormalised.gather(-1, targets.unsqueeze(-1)).squeeze(-1) + RENORM_EPS)
+
+
+def _decay(cumulative: torch.Tensor, top_p: torch.Tensor, alpha: float) -> torch.Tensor:
+    return torch.exp(-alpha * torch.relu(cumulative - top_p))
+
+
+def _tail_integral(head_mass: torch.Tensor, top_p: torch.Tensor, alpha: float) -> torch.Tensor:
+    """∫ from S to 1 of exp(-alpha * relu(c - P)) dc, for S = head_mass: the tail's mass-weighted mask."""
+    knee = torch.maximum(head_mass, top_p)  # f = 1 on [S, knee], exp decay after
+    return (knee - head_mass) + (_decay(knee, top_p, alpha) - _decay(torch.ones_like(top_p), top_p, alpha)) / alpha
+
+
+def soft_top_p_loss(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_p: torch.Tensor,
+    targets: torch.Tensor,
+    alpha: float = DEFAULT_ALPHA,
+    head_size: int = 64,
+    tolerance: float = 1e-3,
+) -> torch.Tensor:
+    """:func:`soft_top_p_loss_reference` without sorting the vocabulary, within ``tolerance``.
+
+    Only the normaliser Z = sum_i p_i m_i needs the sorted order of every token. Take the
+    ``head_size`` most probable tokens exactly (top-k + cumsum). The tail tokens, in sorted order,
+    cover cumulative mass from S (the head's mass) to 1 and each has m_i = f(c_i) with f
+    decreasing, so their sum sum_i p_i f(c_i) is a Riemann sum of I = ∫_S^1 f(c) dc with steps
+    p_i <= p_k (the k-th head probability). It lies in [I - delta, I] with
+    delta = p_k * (f(S) - f(1)); we use I - delta / 2 (off by at most delta / 2). Its gradient is
+    the integral's: d/dP of the tail sum is the same Riemann sum of alpha * f(c) * [c > P], off by
+    at most p_k * alpha * ([S < P] + f(max(S, P)) - f(1)). Both errors are tiny for peaked rows
+    (f(S) ~ 0) and for flat ones (p_k ~ 1/V). A row where either bound, relative to Z, exceeds
+    ``tolerance`` (so the loss, or its gradient in P, could be off by more than ~tolerance) is
+    redone with a 64x larger head (top-k of 4096 costs a fraction of a sort), up to the whole
+    vocabulary, where the tail is empty and the result exact. The target's own mask needs only its cumulative mass,
+    c_y = sum_{j: l_j > l_y} p_j + p_y: one masked log-sum-exp, no sort. (Tokens tied with y count
+    after it; the reference orders ties arbitrarily.)
+    """
+    rows, vocab = logits.shape
+    k = min(head_size, vocab)
+    temperature = temperature.clamp_min(TOP_P_TEMPERATURE_EPS)
+    original, logits = logits, _shift_to_max(logits)
+    with torch.no_grad():
+        head_logits, head_ids = logits.topk(k, dim=-1)  # sorted descending, the same order as p
+    log_norm = scaled_logsumexp(logits, temperature)
+    head_probs = torch.exp(head_logits.float() / temperature.unsqueeze(-1) - log_norm.unsqueeze(-1))
+    head_cumulative = head_probs.cumsum(dim=-1)
+    head_masks = _decay(head_cumulative, top_p.unsqueeze(-1), alpha)
+    head_mass = head_cumulative[:, -1].clamp_max(1.0)
+    knee = torch.maximum(head_mass, top_p)
+    last_prob, full_mask = head_probs[:, -1].detach(), _decay(torch.ones_like(top_p), top_p, alpha).detach()
+    value_bound = last_prob * (_decay(head_mass, top_p, alpha).detach() - full_mask) / 2
+    slope_bound = alpha * last_prob * ((head_mass < top_p).float() + _decay(knee, top_p, alpha).detach() - full_mask)
+    normaliser = (head_probs * head_masks).sum(dim=-1) + _tail_integral(head_mass, top_p, alpha) - value_bound
+
+    hit = head_ids == targets.unsqueeze(-1)
+    in_head = hit.any(dim=-1)
+    target_prob = (head_probs * hit).sum(dim=-1)
+    target_mask = (head_masks * hit).sum(dim=-1)
+    outside = (~in_head).nonzero().squeeze(-1)
+    if outside.numel():
+        sub_logits, sub_t, sub_targets = logits[outside], temperature[outside], targets[outside]
+        target_logit = sub_logits.float().gather(-1, sub_targets.unsqueeze(-1))
+        p_y = torch.exp(target_logit.squeeze(-1) / sub_t - log_norm[outside])
+        above = torch.exp(scaled_logsumexp(sub_logits, sub_t, where=sub_logits.float() > target_logit) - log_norm[outside])
+        target_prob = target_prob.index_put((outside,), p_y)
+        target_mask = target_mask.index_put((outside,), _decay(above + p_y, top_p[outside], alpha))
+    loss = -torch.log(target_prob * target_mask / (normaliser + RENORM_EPS) + RENORM_EPS)
+
+    unsure = (torch.maximum(value_bound, slope_bound) > tolerance * normaliser.detach()).nonzero().squeeze(-1)
+    if unsure.numel() and k < vocab:  # with k = V the tail is empty and both bounds are 0
+        wider = soft_top_p_loss(original[unsure], temperature[unsure], top_p[unsure], targets[unsure], alpha, head_size * 64, tolerance)
+        loss = loss.index_put((unsure,), wider)
+    return loss

@@ -1,0 +1,406 @@
+"""Head training: the frozen base, the two heads, the AutoDeco losses, one process or many.
+
+One optimizer step covers ``batch_size x grad_accum x processes`` examples. Each loss is a mean
+over all its positions in that global batch (temperature: the completion positions kept by
+easy-token masking; top-p: all of them, or the kept ones), so the result does not depend on how the
+batch is split across processes or accumulation steps. (The released trainer averages per-device
+means instead; the two agree when every device sees as many tokens.)
+
+The vocabulary-sized work runs in chunks of ``chunk_size`` positions, each differentiated at once
+and released, so memory stays flat at any sequence length. Two gradient buffers per head
+parameter (one per loss) are summed over chunks, micro-batches and processes, then divided by the
+loss's global position count.
+
+Determinism: the data order of epoch e is a permutation seeded by (seed, e); the easy-token draw
+of a position is a hash of (seed, epoch, example, position). So a run resumed from a checkpoint
+makes the same steps as an uninterrupted one, and N processes make the steps of one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from accelerate import PartialState
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from transformers import AutoTokenizer, get_scheduler
+
+from autodeco.errors import AutoDecoError
+from autodeco.heads import AutoDecoHeads
+from autodeco.modeling import AutoDecoModelForCausalLM, base_hidden_size, check_logits_from_hidden, load_base, load_heads, logits_from_hidden
+from autodeco.sampling import counter_uniforms
+from autodeco.training.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from autodeco.training.data import Example, Overflow, collate, load_examples
+from autodeco.training.features import FeatureCache, completion_hidden_states, data_fingerprint
+from autodeco.training.losses import DEFAULT_ALPHA, DEFAULT_EASY_TOKEN_DROP, dft_weights, easy_token_keep, soft_top_p_loss, temperature_loss
+from autodeco.training.metrics import MetricsLog, plot_training
+
+LOSS_NAMES = ("temperature", "top_p")
+
+
+class TrainingDiverged(AutoDecoError):
+    """The loss or a gradient became NaN/inf; nothing was written for that step."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on. Defaults suit a small base on a CPU; the paper's
+    settings for large bases are lr 5e-6, a global batch of 32, max length 16384, 1 epoch, bf16."""
+
+    base: str
+    data: str
+    out: str
+    heads: str | None = None
+    epochs: int = 1
+    max_steps: int | None = None
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_ratio: float = 0.05
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_length: int = 1024
+    overflow: Overflow = "truncate"
+    losses: tuple[str, ...] = LOSS_NAMES
+    dft: bool = True
+    easy_token_drop: float = DEFAULT_EASY_TOKEN_DROP
+    easy_token_scope: Literal["temperature", "both"] = "temperature"
+    alpha: float = DEFAULT_ALPHA
+    cache_features: Literal["none", "memory", "disk"] = "none"
+    resume: bool = False
+    seed: int = 0
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    max_grad_norm: float | None = 1.0
+    chunk_size: int = 256
+    dtype: str | torch.dtype = "auto"
+    trust_remote_code: bool = False
+    progress: bool = True
+
+    def check(self) -> None:
+        """Raise a named error for any value out of range."""
+        unknown = sorted(set(self.losses) - set(LOSS_NAMES))
+        if unknown or not self.losses:
+            raise AutoDecoError(f"--losses must name one or both of {','.join(LOSS_NAMES)}, got {','.join(self.losses) or 'nothing'}")
+        positive = {"--epochs": self.epochs, "--batch-size": self.batch_size, "--grad-accum": self.grad_accum,
+                    "--checkpoint-every": self.checkpoint_every, "--keep-checkpoints": self.keep_checkpoints, "chunk_size": self.chunk_size}
+        for flag, value in positive.items():
+            if value < 1:
+                raise AutoDecoError(f"{flag} must be at least 1, got {value}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise AutoDecoError(f"--max-steps must be at least 1, got {self.max_steps}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise AutoDecoError(f"--lr must be a positive number, got {self.lr}")
+        if not 0 <= self.easy_token_drop <= 1:
+            raise AutoDecoError(f"--easy-token-drop is a probability in [0, 1], got {self.easy_token_drop}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise AutoDecoError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.alpha <= 0:
+            raise AutoDecoError(f"--alpha (soft top-p steepness) must be positive, got {self.alpha}")
+        for name, value, allowed in (("--schedule", self.schedule, ("cosine", "constant")), ("--easy-token-scope", self.easy_token_scope, ("temperature", "both")),
+                                     ("--cache-features", self.cache_features, ("none", "memory", "disk"))):
+            if value not in allowed:
+                raise AutoDecoError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+    def identity(self) -> dict[str, Any]:
+        """The settings a resumed run must share with the checkpoint (others, e.g. --max-steps, may change)."""
+        keys = ("base", "losses", "dft", "easy_token_drop", "easy_token_scope", "alpha", "seed", "batch_size", "grad_accum", "max_length", "overflow", "lr", "schedule", "warmup_ratio", "weight_decay")
+        values = asdict(self)
+        return {k: list(values[k]) if isinstance(values[k], tuple) else values[k] for k in keys}
+
+
+@dataclass
+class TrainResult:
+    """What a run wrote and did."""
+
+    out: Path
+    steps: int
+    completion_tokens: int
+    seconds: float
+    final: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _StepTotals:
+    """Per optimizer step, summed over chunks, micro-batches and (after reduce) processes."""
+
+    temperature_grads: list[torch.Tensor]
+    top_p_grads: list[torch.Tensor]
+    # temperature loss sum, its positions, top-p loss sum, its positions, sum T, sum P, positions
+    scalars: torch.Tensor = field(default_factory=lambda: torch.zeros(7, dtype=torch.float64))
+
+
+def _schedule_lengths(examples: int, config: TrainConfig, processes: int) -> tuple[int, int, int]:
+    """(micro-batches per epoch, optimizer steps per epoch, total steps)."""
+    micro_per_epoch = math.ceil(examples / (config.batch_size * processes))
+    steps_per_epoch = math.ceil(micro_per_epoch / config.grad_accum)
+    total = config.max_steps if config.max_steps is not None else steps_per_epoch * config.epochs
+    return micro_per_epoch, steps_per_epoch, total
+
+
+def _epoch_order(examples: int, seed: int, epoch: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(examples, generator=generator)
+
+
+class Trainer:
+    """Trains the heads of ``model`` (base frozen) on ``examples``; see the module docstring."""
+
+    def __init__(self, config: TrainConfig, model: AutoDecoModelForCausalLM, examples: list[Example], pad_token_id: int, state: PartialState) -> None:
+        self.config, self.model, self.examples, self.pad_token_id, self.state = config, model, examples, pad_token_id, state
+        self.out = Path(config.out)
+        self.device = model.llm.get_output_embeddings().weight.device
+        heads = model.heads
+        self.parameters = [p for head, on in ((heads.temp_head, heads.enable_temperature_head), (heads.top_p_head, heads.enable_top_p_head)) if on for p in head.parameters()]
+        for parameter in model.heads.parameters():
+            parameter.requires_grad_(False)
+        for parameter in self.parameters:
+            parameter.requires_grad_(True)
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=config.lr, weight_decay=config.weight_decay)
+        self.micro_per_epoch, self.steps_per_epoch, self.total_steps = _schedule_lengths(len(examples), config, state.num_processes)
+        self.scheduler = get_scheduler(
+            "cosine" if config.schedule == "cosine" else "constant_with_warmup",
+            self.optimizer,
+            num_warmup_steps=round(config.warmup_ratio * self.total_steps),
+            num_training_steps=self.total_steps,
+        )
+        self.cache: FeatureCache | None = None
+        self.metrics = MetricsLog(self.out / "metrics.jsonl")
+        self.fingerprint = data_fingerprint(examples)
+
+    # ------------------------------------------------------------------ features
+    def _identity(self) -> dict[str, Any]:
+        return {"base": self.model.base_name_or_path, "base_model_type": self.model.llm.config.model_type, "hidden_size": self.model.heads.hidden_size}
+
+    def build_cache(self, console: Console) -> None:
+        """Run the base once over every example not cached yet. With several processes, a disk
+        cache is filled in shards (one per process); a memory cache is filled by each process."""
+        config, state = self.config, self.state
+        directory = self.out / "feature-cache" if config.cache_features == "disk" else None
+        dtype = self.model.llm.dtype
+        with state.main_process_first():
+            self.cache = FeatureCache(self.examples, self.model.heads.hidden_size, dtype, self._identity(), directory)
+        shared = directory is not None and state.num_processes > 1
+        todo = self.cache.missing()
+        mine = todo[state.process_index :: state.num_processes] if shared else todo
+        with self._progress(console) as progress:
+            task = progress.add_task("caching base features", total=len(mine), status="")
+            for start in range(0, len(mine), config.batch_size):
+                batch = mine[start : start + config.batch_size]
+                self.cache.put(batch, completion_hidden_states(self.model.llm, [self.examples[i] for i in batch], self.pad_token_id))
+                if state.is_main_process:
+                    self.cache.save_flags()
+                progress.advance(task, len(batch))
+        if shared:
+            state.wait_for_everyone()  # every shard is in the shared file now
+            self.cache.filled[:] = True
+            if state.is_main_process:
+                self.cache.save_flags()
+
+    def _hidden_rows(self, indices: list[int]) -> list[torch.Tensor]:
+        if self.cache is not None:
+            return self.cache.get(indices)
+        return completion_hidden_states(self.model.llm, [self.examples[i] for i in indices], self.pad_token_id)
+
+    # ------------------------------------------------------------------ one micro-batch
+    def _accumulate(self, indices: list[int], epoch: int, totals: _StepTotals) -> None:
+        """Add this micro-batch's loss sums and gradients (of the sums) to ``totals``."""
+        config = self.config
+        hidden = torch.cat(self._hidden_rows(indices)).to(self.device)
+        targets = torch.cat([self.examples[i].targets() for i in indices]).to(self.device)
+        # a stateless draw per (seed, epoch, example, position): independent of batching
+        example_keys = torch.cat([torch.full((self.examples[i].completion_length,), i, dtype=torch.long) for i in indices])
+        positions = torch.cat([torch.arange(self.examples[i].completion_length) for i in indices])
+        uniforms = counter_uniforms((config.seed * 1_000_003 + epoch) * 1_048_576 + example_keys, positions).to(self.device)
+        use_temperature, use_top_p = "temperature" in config.losses, "top_p" in config.losses
+        for start in range(0, hidden.shape[0], config.chunk_size):
+            rows = slice(start, start + config.chunk_size)
+            chunk_hidden, chunk_targets = hidden[rows], targets[rows]
+            with torch.no_grad():
+                logits = logits_from_hidden(self.model.llm, chunk_hidden).float()
+            temperature, top_p = self.model.heads(chunk_hidden, logits)
+            weights = dft_weights(logits, chunk_targets) if config.dft else torch.ones_like(temperature)
+            keep = easy_token_keep(logits, chunk_targets, config.easy_token_drop, uniforms[rows])
+            everything = torch.ones_like(keep)
+            terms = []
+            if use_temperature:
+                terms.append((temperature_loss(logits, temperature, chunk_targets), keep, totals.temperature_grads, 0))
+            if use_top_p:
+                top_p_keep = keep if config.easy_token_scope == "both" else everything
+                terms.append((soft_top_p_loss(logits, temperature, top_p, chunk_targets, config.alpha), top_p_keep, totals.top_p_grads, 2))
+            for number, (losses, mask, buffers, slot) in enumerate(terms):
+                loss_sum = (losses * weights * mask).sum()
+                grads = torch.autograd.grad(loss_sum, self.parameters, retain_graph=number + 1 < len(terms), allow_unused=True, materialize_grads=True)
+                for buffer, grad in zip(buffers, grads):
+                    buffer.add_(grad)
+                totals.scalars[slot] += loss_sum.detach().double().cpu()
+                totals.scalars[slot + 1] += float(mask.sum())
+            totals.scalars[4] += temperature.detach().double().sum().cpu()
+            totals.scalars[5] += top_p.detach().double().sum().cpu()
+            totals.scalars[6] += chunk_hidden.shape[0]
+
+    def _micro_batches(self, step: int) -> list[tuple[int, list[int]]]:
+        """(epoch, this process's example indices) for each micro-batch of optimizer step ``step``."""
+        config, state = self.config, self.state
+        epoch, step_in_epoch = divmod(step, self.steps_per_epoch)
+        order = _epoch_order(len(self.examples), config.seed, epoch)
+        global_batch = config.batch_size * state.num_processes
+        first = step_in_epoch * config.grad_accum
+        batches = []
+        for micro in range(first, min(first + config.grad_accum, self.micro_per_epoch)):
+            chunk = order[micro * global_batch : (micro + 1) * global_batch].tolist()
+            batches.append((epoch, chunk[state.process_index :: state.num_processes]))
+        return batches
+
+    # ------------------------------------------------------------------ one optimizer step
+    def step(self, step: int) -> dict[str, Any]:
+        """Run optimizer step ``step`` (0-based); returns its metrics."""
+        totals = _StepTotals([torch.zeros_like(p) for p in self.parameters], [torch.zeros_like(p) for p in self.parameters])
+        for epoch, indices in self._micro_batches(step):
+            if indices:
+                self._accumulate(indices, epoch, totals)
+        flat = torch.cat([torch.cat([g.flatten() for g in totals.temperature_grads]), torch.cat([g.flatten() for g in totals.top_p_grads])]).double()
+        if self.state.num_processes > 1:
+            packed = torch.cat([flat, totals.scalars]).to(self.device)
+            torch.distributed.all_reduce(packed)
+            flat, totals.scalars = packed[: flat.numel()].cpu(), packed[flat.numel() :].cpu()
+        temperature_sum, temperature_count, top_p_sum, top_p_count, sum_t, sum_p, positions = totals.scalars.tolist()
+        half = flat.numel() // 2
+        grad = flat[:half] / max(temperature_count, 1) + flat[half:] / max(top_p_count, 1)
+        temperature_loss_value = temperature_sum / temperature_count if temperature_count else None
+        top_p_loss_value = top_p_sum / top_p_count if top_p_count else None
+        loss = (temperature_loss_value or 0.0) + (top_p_loss_value or 0.0)
+        if not (math.isfinite(loss) and bool(torch.isfinite(grad).all())):
+            raise TrainingDiverged(f"the loss became {loss} at step {step + 1}")
+        offset = 0
+        for parameter in self.parameters:
+            parameter.grad = grad[offset : offset + parameter.numel()].view_as(parameter).to(parameter.dtype)
+            offset += parameter.numel()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm or math.inf)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {
+            "step": step + 1,
+            "epoch": step // self.steps_per_epoch,
+            "loss": loss,
+            "temperature_loss": temperature_loss_value,
+            "top_p_loss": top_p_loss_value,
+            "mean_temperature": sum_t / max(positions, 1),
+            "mean_top_p": sum_p / max(positions, 1),
+            "grad_norm": float(grad_norm),
+            "lr": self.scheduler.get_last_lr()[0],
+            "tokens": int(positions),
+        }
+
+    # ------------------------------------------------------------------ the run
+    def _progress(self, console: Console) -> Progress:
+        return Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            console=console, disable=not (self.config.progress and self.state.is_main_process),
+        )
+
+    def _checkpoint_state(self, tokens: int, seconds: float) -> dict[str, Any]:
+        return {"config": self.config.identity(), "identity": self._identity(), "data": self.fingerprint, "tokens": tokens, "seconds": seconds}
+
+    def resume(self) -> tuple[int, int, float]:
+        """Load the latest checkpoint; returns (step, tokens, seconds) already done."""
+        path = latest_checkpoint(self.out)
+        if path is None:
+            raise AutoDecoError(f"--resume: no checkpoint under {self.out / 'checkpoints'}; run without --resume to start a new run")
+        state = load_checkpoint(path, self.model, self.optimizer)
+        expected = self._checkpoint_state(0, 0.0)
+        for key, what in (("identity", "base model"), ("data", "training data"), ("config", "training settings")):
+            if state.get(key) != expected[key]:
+                differing = key if not isinstance(expected[key], dict) else ", ".join(
+                    f"{k}: {state.get(key, {}).get(k)!r} -> {v!r}" for k, v in expected[key].items() if state.get(key, {}).get(k) != v)
+                raise AutoDecoError(f"--resume: {path} was made with another {what} ({differing}); use the original settings or a new --out")
+        with warnings.catch_warnings():  # replaying the schedule, not skipping an optimizer step
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            for _ in range(state["step"]):
+                self.scheduler.step()
+        return state["step"], state["tokens"], state["seconds"]
+
+    def run(self, console: Console) -> TrainResult:
+        """Train to ``total_steps``, checkpointing, logging and plotting on the way."""
+        config, state = self.config, self.state
+        start_step, tokens, seconds_before = self.resume() if config.resume else (0, 0, 0.0)
+        if state.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.metrics.truncate_after(start_step)
+        if config.cache_features != "none":
+            self.build_cache(console)
+        started = time.perf_counter()
+        last_saved = start_step
+        record: dict[str, Any] = {}
+        with self._progress(console) as progress:
+            task = progress.add_task("training heads", total=self.total_steps, completed=start_step, status="")
+            for step in range(start_step, self.total_steps):
+                try:
+                    record = self.step(step)
+                except TrainingDiverged as err:
+                    where = f"the last good checkpoint is {latest_checkpoint(self.out)}" if latest_checkpoint(self.out) else "no checkpoint was written yet"
+                    raise TrainingDiverged(f"{err}; training stopped and nothing was saved for it; {where} (lower --lr, then --resume)") from None
+                tokens += record["tokens"]
+                elapsed = seconds_before + time.perf_counter() - started
+                record.update(tokens_per_second=tokens / max(elapsed, 1e-9), elapsed_seconds=elapsed)
+                if state.is_main_process:
+                    self.metrics.append(record)
+                    done = step + 1
+                    if done % config.checkpoint_every == 0 and done < self.total_steps:
+                        save_checkpoint(self.out, done, self.model, self.optimizer, self._checkpoint_state(tokens, elapsed), config.keep_checkpoints)
+                        last_saved = done
+                progress.update(task, advance=1, status=f"loss {record['loss']:.4f}  T {record['mean_temperature']:.3f}  P {record['mean_top_p']:.3f}  {record['tokens_per_second']:.0f} tok/s")
+        elapsed = seconds_before + time.perf_counter() - started
+        if state.is_main_process:
+            if last_saved < self.total_steps:
+                save_checkpoint(self.out, self.total_steps, self.model, self.optimizer, self._checkpoint_state(tokens, elapsed), config.keep_checkpoints)
+            self.model.save_pretrained(self.out)
+            records = self.metrics.records()
+            if records:
+                plot_training(records, self.out / "training.png")
+        state.wait_for_everyone()
+        return TrainResult(self.out, self.total_steps, tokens, elapsed, record)
+
+
+def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
+    """Train AutoDeco heads as ``config`` says; works the same under ``accelerate launch``/``torchrun``."""
+    config.check()
+    console = console or Console(stderr=True)
+    state = PartialState()
+    if os.environ.get("WORLD_SIZE") and int(os.environ["WORLD_SIZE"]) > 1 and state.num_processes == 1:
+        raise AutoDecoError("WORLD_SIZE > 1 but no process group formed; launch with `accelerate launch` or `torchrun`")
+    tokenizer = AutoTokenizer.from_pretrained(config.base, trust_remote_code=config.trust_remote_code)
+    examples, stats = load_examples(config.data, tokenizer, config.max_length, config.overflow)
+    if state.is_main_process:
+        console.print(stats.summary())
+    llm = load_base(config.base, dtype=config.dtype, device=state.device, trust_remote_code=config.trust_remote_code)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    check_logits_from_hidden(llm, *(t.to(state.device) for t in collate(examples[:2], pad)))
+    torch.manual_seed(config.seed)  # the heads' initial weights
+    if config.heads:
+        heads = load_heads(config.heads)
+        if heads.hidden_size != base_hidden_size(llm.config):
+            raise AutoDecoError(f"--heads {config.heads} were made for hidden size {heads.hidden_size}, the base has {base_hidden_size(llm.config)}")
+    else:
+        heads = AutoDecoHeads(base_hidden_size(llm.config))
+    heads.enable_temperature_head = "temperature" in config.losses
+    heads.enable_top_p_head = "top_p" in config.losses
+    model = AutoDecoModelForCausalLM(llm, heads, base_name_or_path=config.base)
+    trainer = Trainer(config, model, examples, pad, state)
+    result = trainer.run(console)
+    if state.is_main_process:
+        console.print(
+            f"trained {result.steps} steps on {result.completion_tokens} completion tokens in {result.seconds:.1f} s; "
+            f"heads: {result.out}/model.safetensors, log: {result.out}/metrics.jsonl, plot: {result.out}/training.png, "
+            f"checkpoints: {result.out}/checkpoints"
+        )
+    return result

@@ -1,0 +1,134 @@
+"""The AutoDeco losses against hand-worked examples, and the sort-free top-p loss against the reference."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from autodeco.heads import AutoDecoHeads
+from autodeco.training.losses import (
+    dft_weights,
+    easy_token_keep,
+    scaled_logsumexp,
+    soft_top_p_loss,
+    soft_top_p_loss_reference,
+    temperature_loss,
+)
+
+PROBS = [0.5, 0.25, 0.15, 0.07, 0.03]  # vocab of 5, already sorted
+
+
+def _logits():
+    return torch.tensor([[math.log(p) for p in PROBS]])
+
+
+def test_temperature_loss_hand_worked():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -2.0]])
+    # T = 0.5: l / T = [4, 2, 0, -2, -4]; CE(y=1) = log(sum exp) - 2
+    expected = math.log(sum(math.exp(v) for v in (4, 2, 0, -2, -4))) - 2
+    got = temperature_loss(logits, torch.tensor([0.5]), torch.tensor([1]))
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+    # T below 0.01 is clamped to 0.01 (the released guard): l / 0.01, y = 0 is the argmax
+    tiny = temperature_loss(logits, torch.tensor([1e-4]), torch.tensor([1]))
+    assert tiny.item() == pytest.approx(100.0, rel=1e-4)  # log(sum exp(100 l)) - 100 ~ 200 - 100
+
+
+@pytest.mark.parametrize("target", [0, 1, 4])
+def test_soft_top_p_loss_hand_worked(target):
+    # T = 1, P = 0.6: c = [.5, .75, .9, .97, 1]; m = exp(-30 relu(c - .6)) = [1, e^-4.5, e^-9, e^-11.1, e^-12]
+    masks = [1.0, math.exp(-4.5), math.exp(-9.0), math.exp(-11.1), math.exp(-12.0)]
+    z = sum(p * m for p, m in zip(PROBS, masks))
+    expected = -math.log(PROBS[target] * masks[target] / (z + 1e-9) + 1e-9)
+    args = (_logits(), torch.tensor([1.0]), torch.tensor([0.6]), torch.tensor([target]))
+    assert soft_top_p_loss_reference(*args).item() == pytest.approx(expected, rel=1e-5)
+    assert soft_top_p_loss(*args, head_size=2).item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_dft_weight_and_easy_token_masking():
+    logits = _logits().repeat(3, 1)
+    targets = torch.tensor([0, 0, 3])
+    assert dft_weights(logits, targets).tolist() == pytest.approx([0.5, 0.5, 0.07], rel=1e-6)
+    # rows 0 and 1 are easy (argmax == y); only draws below 0.6 drop them; row 2 is never dropped
+    keep = easy_token_keep(logits, targets, 0.6, torch.tensor([0.59, 0.61, 0.0]))
+    assert keep.tolist() == [False, True, True]
+
+
+def test_scaled_logsumexp_gradient_is_exact():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 50, dtype=torch.float64) * 3
+    temperature = torch.rand(4, dtype=torch.float64).add(0.2).requires_grad_()
+    where = logits > 0
+    for mask in (None, where):
+        grad = torch.autograd.grad(scaled_logsumexp(logits, temperature, mask).sum(), temperature)[0]
+        reference = logits / temperature.unsqueeze(-1)
+        reference = reference if mask is None else reference.masked_fill(~mask, -math.inf)
+        expected = torch.autograd.grad(reference.logsumexp(-1).sum(), temperature)[0]
+        torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-6)
+
+
+def _rows(kind: str, vocab: int, rows: int = 6) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(hash(kind) % 1000)
+    base = torch.randn(rows, vocab, generator=generator)
+    if kind == "peaked":
+        return base * 6
+    if kind == "flat":
+        return base * 0.05
+    if kind == "ties":  # tokens 1-3 tied at the nucleus boundary; the others distinct
+        logits = base * 0.1 - 2.0
+        logits[:, 0], logits[:, 1:4] = 5.0, 4.0
+        return logits
+    return base
+
+
+@pytest.mark.parametrize("kind", ["normal", "peaked", "flat", "ties"])
+@pytest.mark.parametrize("vocab", [7, 1000, 262_144])
+def test_fast_soft_top_p_matches_reference(kind, vocab):
+    logits = _rows(kind, vocab)
+    rows = logits.shape[0]
+    temperature = torch.tensor([0.02, 0.5, 1.0, 1.9, 1.0, 0.7])[:rows].requires_grad_()
+    top_p = torch.tensor([0.5, 0.999, 0.001, 0.9, 0.3, 1.0 - 1e-6])[:rows].requires_grad_()
+    targets = torch.cat([logits[:3].argmax(-1), torch.randint(0, vocab, (rows - 3,), generator=torch.Generator().manual_seed(1))])
+    if kind == "ties":  # targets outside the tie: their cumulative mass is well defined
+        targets = torch.tensor([0, 0, 4, 5, vocab - 1, 6]) % vocab
+    reference = soft_top_p_loss_reference(logits, temperature, top_p, targets)
+    fast = soft_top_p_loss(logits, temperature, top_p, targets)
+    grads_reference = torch.autograd.grad(reference.sum(), (temperature, top_p))
+    grads_fast = torch.autograd.grad(fast.sum(), (temperature, top_p))
+    torch.testing.assert_close(fast, reference, rtol=2e-4, atol=2e-4)
+    for got, expected in zip(grads_fast, grads_reference):
+        torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-3)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    scale=st.floats(0.01, 20.0), temperature=st.floats(0.05, 2.0), top_p=st.floats(0.001, 0.999),
+    head_size=st.integers(1, 40), seed=st.integers(0, 10_000),
+)
+def test_tail_bound_holds(scale, temperature, top_p, head_size, seed):
+    """Whatever the head size, the fast loss and its gradient in P stay within the stated
+    tolerance of the reference (rows where the bound is loose take the exact path)."""
+    tolerance = 1e-3
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(3, 300, generator=generator, dtype=torch.float64) * scale
+    targets = torch.randint(0, 300, (3,), generator=generator)
+    t = torch.full((3,), temperature, dtype=torch.float64)
+    p_ref, p_fast = (torch.full((3,), top_p, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    reference = soft_top_p_loss_reference(logits, t, p_ref, targets)
+    fast = soft_top_p_loss(logits, t, p_fast, targets, head_size=head_size, tolerance=tolerance)
+    # a relative error e in the normaliser Z moves log Z, the loss, by at most ~e (float32 inside: + 1e-5)
+    assert (fast - reference).abs().max().item() <= tolerance + 1e-5
+    grad_ref = torch.autograd.grad(reference.sum(), p_ref)[0]
+    grad_fast = torch.autograd.grad(fast.sum(), p_fast)[0]
+    assert ((grad_fast - grad_ref).abs() <= 2 * tolerance * (1 + grad_ref.abs()) + 1e-4).all()
+
+
+def test_soft_top_p_gradient_reaches_both_heads():
+    torch.manual_seed(0)
+    heads = AutoDecoHeads(16)
+    hidden, logits = torch.randn(8, 16), torch.randn(8, 40) * 3
+    temperature, top_p = heads(hidden, logits)
+    soft_top_p_loss(logits, temperature, top_p, torch.randint(0, 40, (8,))).sum().backward()
+    for head in (heads.temp_head, heads.top_p_head):
+        assert head.mlp[0].weight.grad is not None and head.mlp[0].weight.grad.abs().sum() > 0
