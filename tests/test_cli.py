@@ -90,3 +90,15 @@ def test_demo_runs_and_says_it_is_a_placeholder():
     result = run("demo", "--max-new-tokens", 4)
     assert result.exit_code == 0, result.output
     assert "UNTRAINED" in result.stderr and "Once upon a time" in result.stdout
+
+
+def test_train_command_writes_heads_and_names_bad_data(tmp_path, base_dir):
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Question: What is {i} + 3? Answer:", "completion": f" {i + 3}."}) + "\n" for i in range(12)))
+    result = runner.invoke(app, ["train", "--base", str(base_dir), "--data", str(data), "--out", str(tmp_path / "heads"), "--max-steps", "2", "--batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "heads" / "model.safetensors").is_file() and "trained 2 steps" in result.output
+    data.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a",\n')
+    result = runner.invoke(app, ["train", "--base", str(base_dir), "--data", str(data), "--out", str(tmp_path / "bad")])
+    assert result.exit_code == 2 and f"{data}:2: not valid JSON" in result.output.replace("\n", "")
+    assert not (tmp_path / "bad").exists()  # no training started

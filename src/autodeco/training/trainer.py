@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 import os
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -118,8 +117,9 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """What a run wrote and did."""
+    """What a run wrote and did, and the trained model (heads on their frozen base)."""
 
+    model: AutoDecoModelForCausalLM
     out: Path
     steps: int
     completion_tokens: int
@@ -309,7 +309,8 @@ class Trainer:
         )
 
     def _checkpoint_state(self, tokens: int, seconds: float) -> dict[str, Any]:
-        return {"config": self.config.identity(), "identity": self._identity(), "data": self.fingerprint, "tokens": tokens, "seconds": seconds}
+        return {"config": self.config.identity(), "identity": self._identity(), "data": self.fingerprint, "tokens": tokens, "seconds": seconds,
+                "scheduler": self.scheduler.state_dict()}
 
     def resume(self) -> tuple[int, int, float]:
         """Load the latest checkpoint; returns (step, tokens, seconds) already done."""
@@ -323,10 +324,7 @@ class Trainer:
                 differing = key if not isinstance(expected[key], dict) else ", ".join(
                     f"{k}: {state.get(key, {}).get(k)!r} -> {v!r}" for k, v in expected[key].items() if state.get(key, {}).get(k) != v)
                 raise AutoDecoError(f"--resume: {path} was made with another {what} ({differing}); use the original settings or a new --out")
-        with warnings.catch_warnings():  # replaying the schedule, not skipping an optimizer step
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
-            for _ in range(state["step"]):
-                self.scheduler.step()
+        self.scheduler.load_state_dict(state["scheduler"])
         return state["step"], state["tokens"], state["seconds"]
 
     def run(self, console: Console) -> TrainResult:
@@ -368,16 +366,15 @@ class Trainer:
             if records:
                 plot_training(records, self.out / "training.png")
         state.wait_for_everyone()
-        return TrainResult(self.out, self.total_steps, tokens, elapsed, record)
+        return TrainResult(self.model, self.out, self.total_steps, tokens, elapsed, record)
 
 
 def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
     """Train AutoDeco heads as ``config`` says; works the same under ``accelerate launch``/``torchrun``."""
     config.check()
     console = console or Console(stderr=True)
-    state = PartialState()
-    if os.environ.get("WORLD_SIZE") and int(os.environ["WORLD_SIZE"]) > 1 and state.num_processes == 1:
-        raise AutoDecoError("WORLD_SIZE > 1 but no process group formed; launch with `accelerate launch` or `torchrun`")
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1  # by accelerate launch or torchrun
+    state = PartialState(cpu=launched and not torch.cuda.is_available())  # CPU processes talk over gloo
     tokenizer = AutoTokenizer.from_pretrained(config.base, trust_remote_code=config.trust_remote_code)
     examples, stats = load_examples(config.data, tokenizer, config.max_length, config.overflow)
     if state.is_main_process:
