@@ -229,3 +229,7 @@ def demo(
     for index, prompt in enumerate(prompts):
         out.print(f"\n[bold]{prompt}[/]", markup=True)
         print_stream(stream(model, tokenizer, prompt, SamplingParams(max_new_tokens=max_new_tokens, seed=seed + index)), color=True)
+
+
+if __name__ == "__main__":  # python -m autodeco.cli (e.g. under accelerate launch -m)
+    app()
