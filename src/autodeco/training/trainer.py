@@ -187,6 +187,7 @@ class Trainer:
         dtype = self.model.llm.dtype
         with state.main_process_first():
             self.cache = FeatureCache(self.examples, self.model.heads.hidden_size, dtype, self._identity(), directory)
+        state.wait_for_everyone()  # all read the same flags before any shard is written, so the shards cover every example
         shared = directory is not None and state.num_processes > 1
         todo = self.cache.missing()
         mine = todo[state.process_index :: state.num_processes] if shared else todo
