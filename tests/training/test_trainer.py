@@ -128,14 +128,14 @@ def test_resume_errors(tmp_path, small_run, tokenizer):
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, small_run, monkeypatch):
     calls = {"n": 0}
-    real = trainer.temperature_loss
+    real = trainer.autodeco_losses
 
-    def poisoned(*args):
+    def poisoned(*args, **kwargs):
         calls["n"] += 1
-        loss = real(*args)
-        return loss * float("nan") if calls["n"] > 3 else loss  # one chunk per step here: NaN from step 4
+        temperature_losses, top_p_losses = real(*args, **kwargs)
+        return (temperature_losses * float("nan") if calls["n"] > 3 else temperature_losses), top_p_losses  # one chunk per step: NaN from step 4
 
-    monkeypatch.setattr(trainer, "temperature_loss", poisoned)
+    monkeypatch.setattr(trainer, "autodeco_losses", poisoned)
     out = tmp_path / "run"
     with pytest.raises(TrainingDiverged, match=r"the loss became nan at step \d+.*last good checkpoint is .*step-0000000\d"):
         train(TrainConfig(out=str(out), max_steps=6, **small_run))

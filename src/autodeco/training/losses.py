@@ -8,7 +8,8 @@ positions of a batch) belong to the trainer.
 Two implementations of the soft top-p loss sit side by side: :func:`soft_top_p_loss_reference`,
 the released code's formula read literally (a full sort of the vocabulary), and
 :func:`soft_top_p_loss`, which gives the same value and gradient without the sort (see its
-docstring for the bound). The vocabulary-sized work of both fast losses runs without autograd;
+docstring for the bound). :func:`autodeco_losses` computes both losses at once, sharing their
+vocabulary-sized work; the trainer calls it. The vocabulary-sized work of both fast losses runs without autograd;
 :class:`ScaledLogSumExp` supplies the exact gradient with respect to T in closed form, so no
 ``[N, V]`` tensor is kept for the backward pass.
 """
@@ -86,10 +87,7 @@ def _shift_to_max(logits: torch.Tensor) -> torch.Tensor:
 
 def temperature_loss(logits: torch.Tensor, temperature: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Per position ``CE(l / max(T, 0.01), y) = logsumexp(l / T') - l_y / T'`` with ``T' = max(T, 0.01)``."""
-    clamped = temperature.clamp_min(MIN_TEMPERATURE)
-    logits = _shift_to_max(logits)
-    target_logit = logits.float().gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return scaled_logsumexp(logits, clamped) - target_logit / clamped
+    return autodeco_losses(logits, temperature, None, targets, with_top_p=False)[0]
 
 
 def soft_top_p_loss_reference(
@@ -146,14 +144,56 @@ def soft_top_p_loss(
     c_y = sum_{j: l_j > l_y} p_j + p_y: one masked log-sum-exp, no sort. (Tokens tied with y count
     after it; the reference orders ties arbitrarily.)
     """
-    rows, vocab = logits.shape
+    return autodeco_losses(logits, temperature, top_p, targets, alpha=alpha, with_temperature=False, head_size=head_size, tolerance=tolerance)[1]
+
+
+def autodeco_losses(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_p: torch.Tensor | None,
+    targets: torch.Tensor,
+    *,
+    alpha: float = DEFAULT_ALPHA,
+    with_temperature: bool = True,
+    with_top_p: bool = True,
+    head_size: int = 64,
+    tolerance: float = 1e-3,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Both per-position losses (:func:`temperature_loss`, :func:`soft_top_p_loss`), or either,
+    sharing their vocabulary-sized work: one shift of the logits and one log-normaliser
+    logsumexp(l / T). The two losses clamp T differently (0.01 and 1e-8), which only matters on
+    rows with T < 0.01; those get their own log-normaliser.
+    """
+    shifted = _shift_to_max(logits)
+    top_p_temperature = temperature.clamp_min(TOP_P_TEMPERATURE_EPS)
+    log_norm = scaled_logsumexp(shifted, top_p_temperature)
+    temperature_losses = top_p_losses = None
+    if with_temperature:
+        clamped = temperature.clamp_min(MIN_TEMPERATURE)
+        low = (temperature < MIN_TEMPERATURE).nonzero().squeeze(-1)
+        clamped_norm = log_norm.index_put((low,), scaled_logsumexp(shifted[low], clamped[low])) if low.numel() else log_norm
+        temperature_losses = clamped_norm - shifted.gather(-1, targets.unsqueeze(-1)).squeeze(-1) / clamped
+    if with_top_p:
+        top_p_losses = _soft_top_p(shifted, top_p_temperature, top_p, targets, log_norm, alpha, head_size, tolerance)
+    return temperature_losses, top_p_losses
+
+
+def _soft_top_p(
+    shifted: torch.Tensor,
+    temperature: torch.Tensor,
+    top_p: torch.Tensor,
+    targets: torch.Tensor,
+    log_norm: torch.Tensor,
+    alpha: float,
+    head_size: int,
+    tolerance: float,
+) -> torch.Tensor:
+    """:func:`soft_top_p_loss` on logits shifted to max 0, given their log-normaliser."""
+    vocab = shifted.shape[-1]
     k = min(head_size, vocab)
-    temperature = temperature.clamp_min(TOP_P_TEMPERATURE_EPS)
-    original, logits = logits, _shift_to_max(logits)
     with torch.no_grad():
-        head_logits, head_ids = logits.topk(k, dim=-1)  # sorted descending, the same order as p
-    log_norm = scaled_logsumexp(logits, temperature)
-    head_probs = torch.exp(head_logits.float() / temperature.unsqueeze(-1) - log_norm.unsqueeze(-1))
+        head_logits, head_ids = shifted.topk(k, dim=-1)  # sorted descending, the same order as p
+    head_probs = torch.exp(head_logits / temperature.unsqueeze(-1) - log_norm.unsqueeze(-1))
     head_cumulative = head_probs.cumsum(dim=-1)
     head_masks = _decay(head_cumulative, top_p.unsqueeze(-1), alpha)
     head_mass = head_cumulative[:, -1].clamp_max(1.0)
@@ -169,16 +209,16 @@ def soft_top_p_loss(
     target_mask = (head_masks * hit).sum(dim=-1)
     outside = (~in_head).nonzero().squeeze(-1)
     if outside.numel():
-        sub_logits, sub_t, sub_targets = logits[outside], temperature[outside], targets[outside]
-        target_logit = sub_logits.float().gather(-1, sub_targets.unsqueeze(-1))
+        sub_logits, sub_t, sub_targets = shifted[outside], temperature[outside], targets[outside]
+        target_logit = sub_logits.gather(-1, sub_targets.unsqueeze(-1))
         p_y = torch.exp(target_logit.squeeze(-1) / sub_t - log_norm[outside])
-        above = torch.exp(scaled_logsumexp(sub_logits, sub_t, where=sub_logits.float() > target_logit) - log_norm[outside])
+        above = torch.exp(scaled_logsumexp(sub_logits, sub_t, where=sub_logits > target_logit) - log_norm[outside])
         target_prob = target_prob.index_put((outside,), p_y)
         target_mask = target_mask.index_put((outside,), _decay(above + p_y, top_p[outside], alpha))
     loss = -torch.log(target_prob * target_mask / (normaliser + RENORM_EPS) + RENORM_EPS)
 
     unsure = (torch.maximum(value_bound, slope_bound) > tolerance * normaliser.detach()).nonzero().squeeze(-1)
     if unsure.numel() and k < vocab:  # with k = V the tail is empty and both bounds are 0
-        wider = soft_top_p_loss(original[unsure], temperature[unsure], top_p[unsure], targets[unsure], alpha, head_size * 64, tolerance)
+        wider = _soft_top_p(shifted[unsure], temperature[unsure], top_p[unsure], targets[unsure], log_norm[unsure], alpha, head_size * 64, tolerance)
         loss = loss.index_put((unsure,), wider)
     return loss

@@ -38,7 +38,7 @@ from autodeco.sampling import counter_uniforms
 from autodeco.training.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from autodeco.training.data import Example, Overflow, collate, load_examples
 from autodeco.training.features import FeatureCache, completion_hidden_states, data_fingerprint
-from autodeco.training.losses import DEFAULT_ALPHA, DEFAULT_EASY_TOKEN_DROP, dft_weights, easy_token_keep, soft_top_p_loss, temperature_loss
+from autodeco.training.losses import DEFAULT_ALPHA, DEFAULT_EASY_TOKEN_DROP, autodeco_losses, dft_weights, easy_token_keep
 from autodeco.training.metrics import MetricsLog, plot_training
 
 LOSS_NAMES = ("temperature", "top_p")
@@ -127,14 +127,27 @@ class TrainResult:
     final: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
 class _StepTotals:
-    """Per optimizer step, summed over chunks, micro-batches and (after reduce) processes."""
+    """One optimizer step's sums over chunks, micro-batches and, after :meth:`all_reduce`,
+    processes: per loss a gradient buffer (of the loss *sum*), the loss sum and its position
+    count; and the sums of predicted T and P. All on the device: one host transfer per step."""
 
-    temperature_grads: list[torch.Tensor]
-    top_p_grads: list[torch.Tensor]
-    # temperature loss sum, its positions, top-p loss sum, its positions, sum T, sum P, positions
-    scalars: torch.Tensor = field(default_factory=lambda: torch.zeros(7, dtype=torch.float64))
+    SUMS = ("temperature_loss", "temperature_positions", "top_p_loss", "top_p_positions", "temperature", "top_p", "positions")
+
+    def __init__(self, parameters: list[torch.Tensor], device: torch.device) -> None:
+        self.grads = {name: [torch.zeros_like(p) for p in parameters] for name in LOSS_NAMES}
+        self.sums = {name: torch.zeros((), dtype=torch.float64, device=device) for name in self.SUMS}
+
+    def all_reduce(self) -> None:
+        """Sum everything over the processes, in one collective."""
+        buffers = [g for name in LOSS_NAMES for g in self.grads[name]]
+        packed = torch.cat([g.flatten().double() for g in buffers] + [v.reshape(1) for v in self.sums.values()])
+        torch.distributed.all_reduce(packed)
+        pieces = iter(packed.split([g.numel() for g in buffers] + [1] * len(self.sums)))
+        for buffer in buffers:
+            buffer.copy_(next(pieces).view_as(buffer))
+        for name in self.sums:
+            self.sums[name] = next(pieces).squeeze(0)
 
 
 def _schedule_lengths(examples: int, config: TrainConfig, processes: int) -> tuple[int, int, int]:
@@ -158,12 +171,12 @@ class Trainer:
         self.out = Path(config.out)
         self.device = model.llm.get_output_embeddings().weight.device
         heads = model.heads
-        self.parameters = [p for head, on in ((heads.temp_head, heads.enable_temperature_head), (heads.top_p_head, heads.enable_top_p_head)) if on for p in head.parameters()]
+        self.trainable = [p for head, on in ((heads.temp_head, heads.enable_temperature_head), (heads.top_p_head, heads.enable_top_p_head)) if on for p in head.parameters()]
         for parameter in model.heads.parameters():
             parameter.requires_grad_(False)
-        for parameter in self.parameters:
+        for parameter in self.trainable:
             parameter.requires_grad_(True)
-        self.optimizer = torch.optim.AdamW(self.parameters, lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=config.lr, weight_decay=config.weight_decay)
         self.micro_per_epoch, self.steps_per_epoch, self.total_steps = _schedule_lengths(len(examples), config, state.num_processes)
         self.scheduler = get_scheduler(
             "cosine" if config.schedule == "cosine" else "constant_with_warmup",
@@ -176,7 +189,7 @@ class Trainer:
         self.fingerprint = data_fingerprint(examples)
 
     # ------------------------------------------------------------------ features
-    def _identity(self) -> dict[str, Any]:
+    def _base_identity(self) -> dict[str, Any]:
         return {"base": self.model.base_name_or_path, "base_model_type": self.model.llm.config.model_type, "hidden_size": self.model.heads.hidden_size}
 
     def build_cache(self, console: Console) -> None:
@@ -186,7 +199,7 @@ class Trainer:
         directory = self.out / "feature-cache" if config.cache_features == "disk" else None
         dtype = self.model.llm.dtype
         with state.main_process_first():
-            self.cache = FeatureCache(self.examples, self.model.heads.hidden_size, dtype, self._identity(), directory)
+            self.cache = FeatureCache(self.examples, self.model.heads.hidden_size, dtype, self._base_identity(), directory)
         state.wait_for_everyone()  # all read the same flags before any shard is written, so the shards cover every example
         shared = directory is not None and state.num_processes > 1
         todo = self.cache.missing()
@@ -229,23 +242,17 @@ class Trainer:
             temperature, top_p = self.model.heads(chunk_hidden, logits)
             weights = dft_weights(logits, chunk_targets) if config.dft else torch.ones_like(temperature)
             keep = easy_token_keep(logits, chunk_targets, config.easy_token_drop, uniforms[rows])
-            everything = torch.ones_like(keep)
-            terms = []
-            if use_temperature:
-                terms.append((temperature_loss(logits, temperature, chunk_targets), keep, totals.temperature_grads, 0))
-            if use_top_p:
-                top_p_keep = keep if config.easy_token_scope == "both" else everything
-                terms.append((soft_top_p_loss(logits, temperature, top_p, chunk_targets, config.alpha), top_p_keep, totals.top_p_grads, 2))
-            for number, (losses, mask, buffers, slot) in enumerate(terms):
-                loss_sum = (losses * weights * mask).sum()
-                grads = torch.autograd.grad(loss_sum, self.parameters, retain_graph=number + 1 < len(terms), allow_unused=True, materialize_grads=True)
-                for buffer, grad in zip(buffers, grads):
-                    buffer.add_(grad)
-                totals.scalars[slot] += loss_sum.detach().double().cpu()
-                totals.scalars[slot + 1] += float(mask.sum())
-            totals.scalars[4] += temperature.detach().double().sum().cpu()
-            totals.scalars[5] += top_p.detach().double().sum().cpu()
-            totals.scalars[6] += chunk_hidden.shape[0]
+            masks = {"temperature": keep, "top_p": keep if config.easy_token_scope == "both" else torch.ones_like(keep)}
+            losses = autodeco_losses(logits, temperature, top_p, chunk_targets, alpha=config.alpha, with_temperature=use_temperature, with_top_p=use_top_p)
+            sums = {name: (loss * weights * masks[name]).sum() for name, loss in zip(LOSS_NAMES, losses) if loss is not None}
+            for number, (name, loss_sum) in enumerate(sums.items()):
+                grads = torch.autograd.grad(loss_sum, self.trainable, retain_graph=number + 1 < len(sums), allow_unused=True, materialize_grads=True)
+                torch._foreach_add_(totals.grads[name], grads)
+                totals.sums[f"{name}_loss"] += loss_sum.detach()
+                totals.sums[f"{name}_positions"] += masks[name].sum()
+            totals.sums["temperature"] += temperature.detach().sum()
+            totals.sums["top_p"] += top_p.detach().sum()
+            totals.sums["positions"] += chunk_targets.numel()
 
     def _micro_batches(self, step: int) -> list[tuple[int, list[int]]]:
         """(epoch, this process's example indices) for each micro-batch of optimizer step ``step``."""
@@ -263,28 +270,20 @@ class Trainer:
     # ------------------------------------------------------------------ one optimizer step
     def step(self, step: int) -> dict[str, Any]:
         """Run optimizer step ``step`` (0-based); returns its metrics."""
-        totals = _StepTotals([torch.zeros_like(p) for p in self.parameters], [torch.zeros_like(p) for p in self.parameters])
+        totals = _StepTotals(self.trainable, self.device)
         for epoch, indices in self._micro_batches(step):
             if indices:
                 self._accumulate(indices, epoch, totals)
-        flat = torch.cat([torch.cat([g.flatten() for g in totals.temperature_grads]), torch.cat([g.flatten() for g in totals.top_p_grads])]).double()
         if self.state.num_processes > 1:
-            packed = torch.cat([flat, totals.scalars]).to(self.device)
-            torch.distributed.all_reduce(packed)
-            flat, totals.scalars = packed[: flat.numel()].cpu(), packed[flat.numel() :].cpu()
-        temperature_sum, temperature_count, top_p_sum, top_p_count, sum_t, sum_p, positions = totals.scalars.tolist()
-        half = flat.numel() // 2
-        grad = flat[:half] / max(temperature_count, 1) + flat[half:] / max(top_p_count, 1)
-        temperature_loss_value = temperature_sum / temperature_count if temperature_count else None
-        top_p_loss_value = top_p_sum / top_p_count if top_p_count else None
-        loss = (temperature_loss_value or 0.0) + (top_p_loss_value or 0.0)
-        if not (math.isfinite(loss) and bool(torch.isfinite(grad).all())):
+            totals.all_reduce()
+        sums = dict(zip(totals.SUMS, torch.stack(list(totals.sums.values())).tolist()))
+        mean_loss = {name: sums[f"{name}_loss"] / sums[f"{name}_positions"] if sums[f"{name}_positions"] else None for name in LOSS_NAMES}
+        loss = sum(value for value in mean_loss.values() if value is not None)
+        for index, parameter in enumerate(self.trainable):
+            parameter.grad = sum(totals.grads[name][index] / max(sums[f"{name}_positions"], 1) for name in LOSS_NAMES)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.trainable, self.config.max_grad_norm or math.inf))
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):  # a NaN anywhere in the gradients makes the norm NaN
             raise TrainingDiverged(f"the loss became {loss} at step {step + 1}")
-        offset = 0
-        for parameter in self.parameters:
-            parameter.grad = grad[offset : offset + parameter.numel()].view_as(parameter).to(parameter.dtype)
-            offset += parameter.numel()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm or math.inf)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -292,13 +291,13 @@ class Trainer:
             "step": step + 1,
             "epoch": step // self.steps_per_epoch,
             "loss": loss,
-            "temperature_loss": temperature_loss_value,
-            "top_p_loss": top_p_loss_value,
-            "mean_temperature": sum_t / max(positions, 1),
-            "mean_top_p": sum_p / max(positions, 1),
-            "grad_norm": float(grad_norm),
+            "temperature_loss": mean_loss["temperature"],
+            "top_p_loss": mean_loss["top_p"],
+            "mean_temperature": sums["temperature"] / max(sums["positions"], 1),
+            "mean_top_p": sums["top_p"] / max(sums["positions"], 1),
+            "grad_norm": grad_norm,
             "lr": self.scheduler.get_last_lr()[0],
-            "tokens": int(positions),
+            "tokens": int(sums["positions"]),
         }
 
     # ------------------------------------------------------------------ the run
@@ -310,7 +309,7 @@ class Trainer:
         )
 
     def _checkpoint_state(self, tokens: int, seconds: float) -> dict[str, Any]:
-        return {"config": self.config.identity(), "identity": self._identity(), "data": self.fingerprint, "tokens": tokens, "seconds": seconds,
+        return {"config": self.config.identity(), "identity": self._base_identity(), "data": self.fingerprint, "tokens": tokens, "seconds": seconds,
                 "scheduler": self.scheduler.state_dict()}
 
     def resume(self) -> tuple[int, int, float]:
@@ -346,7 +345,8 @@ class Trainer:
                 try:
                     record = self.step(step)
                 except TrainingDiverged as err:
-                    where = f"the last good checkpoint is {latest_checkpoint(self.out)}" if latest_checkpoint(self.out) else "no checkpoint was written yet"
+                    good = latest_checkpoint(self.out)
+                    where = f"the last good checkpoint is {good}" if good else "no checkpoint was written yet"
                     raise TrainingDiverged(f"{err}; training stopped and nothing was saved for it; {where} (lower --lr, then --resume)") from None
                 tokens += record["tokens"]
                 elapsed = seconds_before + time.perf_counter() - started
