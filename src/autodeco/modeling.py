@@ -139,8 +139,8 @@ class AutoDecoModelForCausalLM(nn.Module):
         it) or a merged dir (``llm.*`` tensors; ``base`` must then be None)."""
         directory = Path(path)
         config = read_autodeco_config(directory)
-        heads = load_heads(directory)  # before the slow base: a bad heads dir fails fast
         tensor_names = _checkpoint_tensor_names(directory)
+        heads = _heads_from_tensors(_read_head_tensors(directory, tensor_names), config, directory)  # before the slow base
         if any(name.startswith(MERGED_PREFIX) for name in tensor_names):
             if base is not None:
                 raise AutoDecoError(f"{directory} is a merged checkpoint that already holds its base; drop base=")

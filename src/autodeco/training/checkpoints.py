@@ -30,10 +30,14 @@ def checkpoint_dir(out: Path, step: int) -> Path:
     return out / CHECKPOINTS / f"step-{step:08d}"
 
 
+def _complete_checkpoints(out: Path) -> list[Path]:
+    """Finished checkpoints (those with a trainer state), oldest first."""
+    return sorted(p for p in (out / CHECKPOINTS).glob("step-*") if (p / STATE_NAME).is_file())
+
+
 def latest_checkpoint(out: Path) -> Path | None:
     """The complete checkpoint with the highest step, or None."""
-    root = out / CHECKPOINTS
-    done = sorted(p for p in root.glob("step-*") if (p / STATE_NAME).is_file()) if root.is_dir() else []
+    done = _complete_checkpoints(out)
     return done[-1] if done else None
 
 
@@ -67,7 +71,7 @@ def save_checkpoint(out: Path, step: int, model: AutoDecoModelForCausalLM, optim
         raise AutoDecoError(
             f"could not write checkpoint {final} ({err.strerror or err}); {kept}; free space and rerun with --resume"
         ) from err
-    done = sorted(p for p in (out / CHECKPOINTS).glob("step-*") if (p / STATE_NAME).is_file())
+    done = _complete_checkpoints(out)
     for old in done[: max(0, len(done) - keep)]:
         shutil.rmtree(old, ignore_errors=True)
     return final
