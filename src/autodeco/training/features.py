@@ -44,8 +44,9 @@ class FeatureCache:
 
     ``directory=None`` keeps them in RAM; otherwise ``features.bin`` (a memory-mapped tensor),
     ``filled.bin`` (which examples are done) and ``meta.json`` (what base and data they belong to)
-    live there, so an interrupted run keeps what it computed. A cache made for another base, dtype
-    or data set is discarded and rebuilt.
+    live there, so an interrupted run keeps what it computed. ``identity`` names the base and the
+    data (see :func:`data_fingerprint`); a cache made for another one, or another dtype, is
+    discarded and rebuilt.
     """
 
     def __init__(self, examples: list[Example], hidden_size: int, dtype: torch.dtype, identity: dict, directory: Path | None = None) -> None:
@@ -58,7 +59,7 @@ class FeatureCache:
             self.filled = torch.zeros(len(examples), dtype=torch.bool)
             return
         directory.mkdir(parents=True, exist_ok=True)
-        meta = {**identity, "rows": total_rows, "hidden_size": hidden_size, "dtype": str(dtype), "data": data_fingerprint(examples)}
+        meta = {**identity, "rows": total_rows, "hidden_size": hidden_size, "dtype": str(dtype)}
         meta_path = directory / "meta.json"
         fresh = not meta_path.is_file() or json.loads(meta_path.read_text()) != meta
         if fresh:
@@ -70,10 +71,6 @@ class FeatureCache:
         self.filled = torch.zeros(len(examples), dtype=torch.bool)
         if filled_path.is_file() and filled_path.stat().st_size == len(examples):
             self.filled = torch.frombuffer(bytearray(filled_path.read_bytes()), dtype=torch.bool).clone()
-
-    @property
-    def complete(self) -> bool:
-        return bool(self.filled.all())
 
     def missing(self) -> list[int]:
         """Indices of the examples not cached yet."""

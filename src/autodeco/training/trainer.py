@@ -199,7 +199,8 @@ class Trainer:
         directory = self.out / "feature-cache" if config.cache_features == "disk" else None
         dtype = self.model.llm.dtype
         with state.main_process_first():
-            self.cache = FeatureCache(self.examples, self.model.heads.hidden_size, dtype, self._base_identity(), directory)
+            identity = {**self._base_identity(), "data": self.fingerprint}
+            self.cache = FeatureCache(self.examples, self.model.heads.hidden_size, dtype, identity, directory)
         state.wait_for_everyone()  # all read the same flags before any shard is written, so the shards cover every example
         shared = directory is not None and state.num_processes > 1
         todo = self.cache.missing()
