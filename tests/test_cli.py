@@ -102,3 +102,35 @@ def test_train_command_writes_heads_and_names_bad_data(tmp_path, base_dir):
     result = runner.invoke(app, ["train", "--base", str(base_dir), "--data", str(data), "--out", str(tmp_path / "bad")])
     assert result.exit_code == 2 and f"{data}:2: not valid JSON" in result.output.replace("\n", "")
     assert not (tmp_path / "bad").exists()  # no training started
+
+
+def test_eval_writes_results_report_and_plots(heads_dir, base_dir, tmp_path):
+    problems = tmp_path / "sums.jsonl"
+    problems.write_text("".join(json.dumps({"prompt": f"{a} + {a} =", "answer": 2 * a}) + "\n" for a in range(3)))
+    out = tmp_path / "eval"
+    args = ["eval", "--model", base_dir, "--heads", heads_dir, "--task", f"jsonl:{problems}", "--strategies", "greedy,static:0.7,1,mean,autodeco",
+            "--samples", 2, "--max-new-tokens", 3, "--batch-size", 4, "--out", out]
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    document = json.loads((out / "results.json").read_text())
+    assert {"model", "heads", "created", "tasks"} <= set(document)
+    metrics = document["tasks"][f"jsonl:{problems}"]
+    assert list(metrics) == ["greedy", "static:0.7,1", "mean", "autodeco"]
+    assert metrics["autodeco"]["pass@k"].keys() == {"1", "2"} and metrics["mean"]["params"]["decoding"] == "static"
+    assert {"report.md", "accuracy.png", "temperature_top_p.png", "example.png", "samples.jsonl", "run.json"} <= {p.name for p in out.iterdir()}
+    assert "| strategy | pass@1 |" in (out / "report.md").read_text() and "| strategy | pass@1 |" in result.stdout
+    again = run(*args)  # everything is on disk: nothing is generated again
+    assert again.exit_code == 0 and json.loads((out / "results.json").read_text())["tasks"] == document["tasks"]
+
+
+def test_eval_static_strategies_need_no_heads_and_bad_input_fails_in_one_line(base_dir, tmp_path):
+    problems = tmp_path / "one.jsonl"
+    problems.write_text('{"prompt": "1 + 1 =", "answer": 2}\n')
+    ok = run("eval", "--model", base_dir, "--task", f"jsonl:{problems}", "--strategies", "greedy,default", "--samples", 1,
+             "--max-new-tokens", 2, "--out", tmp_path / "a")
+    assert ok.exit_code == 0, ok.output
+    for extra, message in ((["--strategies", "beam"], "unknown strategy 'beam'"), (["--strategies", "autodeco"], "pass --heads"),
+                           (["--task", "nope"], "unknown task 'nope'"), (["--samples", 0], "--samples must be at least 1")):
+        args = ["eval", "--model", base_dir, "--task", f"jsonl:{problems}", "--max-new-tokens", 2, "--out", tmp_path / "b", *extra]
+        result = run(*args)
+        assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output

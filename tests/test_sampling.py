@@ -15,7 +15,7 @@ from transformers.generation.logits_process import (
 )
 
 from autodeco import AutoDecoError, SamplingParams, sample_tokens, top_p_probs
-from autodeco.sampling import BatchedSampling, apply_user_controls, counter_uniforms
+from autodeco.sampling import BatchedSampling, apply_user_controls, counter_uniforms, entropy_temperature
 
 P_VALUE_FLOOR = 1e-3  # chi-square/KS tests: fixed seeds, reject the sampler only below this p-value
 
@@ -177,9 +177,38 @@ def test_batched_sampling_mixes_autodeco_static_and_greedy_rows():
     assert sampling.top_k is None and sampling.min_p is None
 
 
+def test_dynatemp_maps_entropy_onto_the_temperature_range():
+    vocab = 1000
+    flat, peaked = torch.zeros(vocab), torch.full((vocab,), -1e4)
+    peaked[7] = 0.0
+    half = torch.full((vocab,), -math.inf)
+    half[: int(vocab ** 0.5)] = 0.0  # uniform over sqrt(V) tokens: H / log V = 1/2
+    logits = torch.stack([flat, peaked, half])
+    low, high = torch.full((3,), 0.2), torch.full((3,), 1.4)
+    t = entropy_temperature(logits, low, high, torch.ones(3))
+    torch.testing.assert_close(t, torch.tensor([1.4, 0.2, 0.2 + 1.2 * math.log(31) / math.log(vocab)]), atol=1e-4, rtol=0)
+    squared = entropy_temperature(logits, low, high, torch.full((3,), 2.0))
+    assert squared[2] < t[2]  # an exponent above 1 keeps middling entropies cooler
+
+
+def test_dynatemp_rows_mix_with_other_rows_and_need_the_logits():
+    params = [SamplingParams(decoding="dynatemp", t_min=0.5, t_max=1.5, top_p=0.9), SamplingParams(decoding="static", temperature=0.7)]
+    sampling = BatchedSampling.from_params(params)
+    assert sampling.needs_entropy and not sampling.needs_heads
+    t, p = sampling.resolve(None, None, logits=torch.zeros(2, 50))
+    torch.testing.assert_close(t, torch.tensor([1.5, 0.7]))
+    torch.testing.assert_close(p, torch.tensor([0.9, 1.0]))
+    with pytest.raises(AutoDecoError, match="need the step's logits"):
+        sampling.resolve(None, None)
+    assert SamplingParams(decoding="dynatemp", t_min=0.0, t_max=0.0).is_greedy
+
+
 @pytest.mark.parametrize(
     "kwargs,message",
     [
+        (dict(decoding="dynatemp"), "give a finite t_max"),
+        (dict(decoding="dynatemp", t_max=1.0, temperature=0.5), "not temperature"),
+        (dict(dynatemp_exponent=0.0), "dynatemp_exponent"),
         (dict(temperature_scale=-1.0), "temperature_scale"),
         (dict(top_p_scale=float("nan")), "top_p_scale"),
         (dict(max_new_tokens=0), "max_new_tokens"),

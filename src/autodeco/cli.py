@@ -14,6 +14,8 @@ from rich.text import Text
 from autodeco.engine import Completion, StreamEvent, generate, stream
 from autodeco.errors import AutoDecoError
 from autodeco.modeling import AutoDecoModelForCausalLM, read_autodeco_config
+from autodeco.evaluation.strategies import DEFAULT_ORACLE_TEMPERATURES, DEFAULT_ORACLE_TOP_PS
+from autodeco.models import load_tokenizer
 from autodeco.sampling import SamplingParams
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Learned per-token temperature and top-p for any Hugging Face causal LM.")
@@ -46,8 +48,6 @@ def temperature_style(temperature: float) -> str:
 
 def load_model_and_tokenizer(model: Optional[str], heads: Optional[Path], dtype: str, device: Optional[str], trust_remote_code: bool):
     """Resolve --model/--heads into (AutoDeco model, tokenizer)."""
-    from transformers import AutoTokenizer
-
     if heads is not None:
         autodeco = AutoDecoModelForCausalLM.from_pretrained(heads, base=model, dtype=_dtype(dtype), device=device, trust_remote_code=trust_remote_code)
         tokenizer_source = model or read_autodeco_config(Path(heads)).get("base_model_name_or_path")
@@ -59,11 +59,7 @@ def load_model_and_tokenizer(model: Optional[str], heads: Optional[Path], dtype:
             "--heads DIR is required unless --model is a merged AutoDeco checkpoint; make untrained heads with "
             "`autodeco init --base BASE --out DIR`"
         )
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_source), trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, TypeError) as error:
-        raise AutoDecoError(f"cannot load a tokenizer from {tokenizer_source!r} ({str(error).strip().splitlines()[0]}); pass --model with the base's folder") from error
-    return autodeco, tokenizer
+    return autodeco, load_tokenizer(tokenizer_source, trust_remote_code)
 
 
 def _is_autodeco_dir(path: Path) -> bool:
@@ -185,6 +181,69 @@ def train(
         run_training(config, console=err)
     except AutoDecoError as error:
         _fail(str(error))
+
+
+@app.command("eval")
+def eval_command(
+    model: Annotated[str, typer.Option(help="Base model: a folder, a hub id or an alias (gemma-3-270m).")],
+    task: Annotated[list[str], typer.Option(help="Task, repeatable: reasoning_gym:NAME[,key=value], mmath[:subset], ifeval, humaneval, jsonl:FILE[,verifier=...].")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder: samples.jsonl (resumable), results.json, report.md, plots.")],
+    heads: Annotated[Optional[Path], typer.Option(help="Heads folder; needed by the autodeco and mean strategies.")] = None,
+    strategies: Annotated[str, typer.Option(help="Comma-separated: greedy, default, static:T,P, min_p:M[,T], dynatemp:LOW,HIGH[,EXP], oracle, mean, autodeco[:key=value].")] = "greedy,default,oracle,mean,autodeco",
+    samples: Annotated[int, typer.Option(help="Samples per problem for sampled strategies (greedy takes 1).")] = 4,
+    limit: Annotated[Optional[int], typer.Option(help="Use the first K problems of each task.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Sequences decoded together.")] = 8,
+    max_new_tokens: Annotated[int, typer.Option(help="Most new tokens per answer.")] = 256,
+    prompt_style: Annotated[str, typer.Option(help="auto (chat template if the tokenizer has one), few-shot, or chat.")] = "auto",
+    oracle_temperatures: Annotated[str, typer.Option(help="The oracle's T grid (at P=1).")] = ",".join(map(str, DEFAULT_ORACLE_TEMPERATURES)),
+    oracle_top_ps: Annotated[str, typer.Option(help="The oracle's P grid (at the best T).")] = ",".join(map(str, DEFAULT_ORACLE_TOP_PS)),
+    seed: Annotated[int, typer.Option(help="Seed of every sample (the same for all strategies).")] = 0,
+    dtype: Annotated[str, typer.Option(help=f"Weights dtype: {', '.join(DTYPES)}.")] = "auto",
+    device: Annotated[Optional[str], typer.Option(help="Device, e.g. cpu or cuda.")] = None,
+    trust_remote_code: Annotated[bool, typer.Option(help="Run code shipped with the model (off unless you trust it).")] = False,
+) -> None:
+    """Evaluate decoding strategies on tasks, with standard errors; resumes an interrupted run."""
+    import time
+
+    from autodeco.evaluation.report import results_document, write_report
+    from autodeco.evaluation.runner import EvalPlan, EvalSettings, Evaluator, file_sha256
+    from autodeco.evaluation.strategies import parse_grid, parse_strategies
+    from autodeco.evaluation.tasks import load_task
+    from autodeco.models import resolve_model
+
+    try:
+        started = time.perf_counter()
+        for name, value, low in (("--samples", samples, 1), ("--batch-size", batch_size, 1), ("--max-new-tokens", max_new_tokens, 1), ("--limit", limit, 1)):
+            if value is not None and value < low:
+                raise AutoDecoError(f"{name} must be at least {low}, got {value}")
+        if prompt_style not in ("auto", "few-shot", "chat"):
+            raise AutoDecoError(f"--prompt-style {prompt_style!r} is unknown; use auto, few-shot or chat")
+        plan = EvalPlan(
+            tasks=[load_task(spec) for spec in task], strategies=parse_strategies(strategies), samples=samples, limit=limit,
+            batch_size=batch_size, oracle_temperatures=parse_grid(oracle_temperatures, "--oracle-temperatures"),
+            oracle_top_ps=parse_grid(oracle_top_ps, "--oracle-top-ps"),
+        )
+        with err.status(f"Loading {model} ..."):
+            resolve_model(model, err)
+            if heads is not None:
+                autodeco, tokenizer = load_model_and_tokenizer(model, heads, dtype, device, trust_remote_code)
+            else:  # static strategies only: the heads are never run
+                autodeco = AutoDecoModelForCausalLM.from_base(model, dtype=_dtype(dtype), device=device, trust_remote_code=trust_remote_code)
+                tokenizer = load_tokenizer(model, trust_remote_code)
+        chat = prompt_style == "chat" or (prompt_style == "auto" and bool(getattr(tokenizer, "chat_template", None)))
+        settings = EvalSettings(
+            model=model, heads=str(heads) if heads else None,
+            heads_sha256=file_sha256(heads / "model.safetensors") if heads and (heads / "model.safetensors").is_file() else None,
+            chat=chat, max_new_tokens=max_new_tokens, seed=seed, dtype=str(autodeco.dtype),
+        )
+        evaluator = Evaluator(autodeco, tokenizer, settings, out_dir, err)
+        results = evaluator.run(plan)
+        document = results_document(model, settings.heads, results, prompt_style="chat" if chat else "few-shot", wall_seconds=round(time.perf_counter() - started, 1))
+        written = write_report(out_dir, document, list(evaluator.used.values()))
+    except AutoDecoError as error:
+        _fail(str(error))
+    out.print((out_dir / "report.md").read_text(), markup=False)
+    err.print("Wrote " + ", ".join(str(p) for p in written))
 
 
 def print_stream(events, color: bool) -> list[Completion]:

@@ -86,7 +86,7 @@ def decode_one_token(
 def sample_step(out: Any, sampling: BatchedSampling, seeds: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Next token per row from one model output -> (tokens, T used, P used)."""
     learned = (out.temperature[:, -1], out.top_p[:, -1]) if sampling.needs_heads else (None, None)
-    temperature, top_p = sampling.resolve(*learned)
+    temperature, top_p = sampling.resolve(*learned, logits=out.logits[:, -1])
     uniforms = None if sampling.all_greedy else counter_uniforms(seeds, torch.full_like(seeds, step))
     tokens = sample_tokens(out.logits[:, -1], temperature, top_p, top_k=sampling.top_k, min_p=sampling.min_p, uniforms=uniforms)
     return tokens, temperature, top_p

@@ -27,6 +27,7 @@ from autodeco.decoding import decode_to_tensors
 from autodeco.errors import AutoDecoError
 from autodeco.heads import AutoDecoHeads, expected_head_shapes
 from autodeco.io import atomic_save_tensors, atomic_write_text
+from autodeco.models import resolve_model
 from autodeco.sampling import SamplingParams
 
 CONFIG_NAME = "config.json"
@@ -324,13 +325,14 @@ def load_base(
     device: str | torch.device | None = None,
     trust_remote_code: bool = False,
 ) -> PreTrainedModel:
-    """A loaded base causal LM, from a model object, a local folder or a hub id."""
+    """A loaded base causal LM, from a model object, a local folder, a hub id or an alias of
+    :mod:`autodeco.models` (e.g. ``gemma-3-270m``)."""
     if isinstance(base, PreTrainedModel):
         return base.to(device) if device is not None else base
     if isinstance(base, nn.Module):
         raise AutoDecoError(f"base must be a transformers PreTrainedModel, a path or a hub id, not {type(base).__name__}")
     try:
-        llm = AutoModelForCausalLM.from_pretrained(str(base), dtype=dtype, trust_remote_code=trust_remote_code)
+        llm = AutoModelForCausalLM.from_pretrained(resolve_model(base), dtype=dtype, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         local = Path(base).expanduser().resolve()
         where = f"the local folder {local} ({'exists but holds no loadable model' if local.exists() else 'does not exist'})"

@@ -8,8 +8,9 @@ Order of operations, written down once (Hugging Face's warper order):
     keep tokens with p >= min_p * p_max  (min_p = 0: off)
     renormalise, sample
 
-AutoDeco supplies a per-row T and top_p from its heads; static strategies supply constants. Both go
-through the same functions, so a batch can mix them. Tokens tied in probability with the last token
+AutoDeco supplies a per-row T and top_p from its heads; static strategies supply constants; the
+entropy-based baseline (dynatemp) derives T from each step's logits. All go through the same
+functions, so a batch can mix them. Tokens tied in probability with the last token
 of a top-k or top-p cut are all kept: the result then does not depend on how a sort orders ties.
 """
 
@@ -22,7 +23,7 @@ import torch
 
 from autodeco.errors import AutoDecoError
 
-DECODING_MODES = ("autodeco", "static", "greedy")
+DECODING_MODES = ("autodeco", "static", "greedy", "dynatemp")
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,9 @@ class SamplingParams:
     controls of the released serving code: ``T = T_learned * temperature_scale`` (0 means greedy),
     ``P = clamp(P_learned * top_p_scale, 0, 1)``, then clamped to ``[t_min, t_max]`` and
     ``[p_min, p_max]``. ``decoding="static"`` uses the constants ``temperature`` and ``top_p``
-    (the usual sampler); ``decoding="greedy"`` takes the argmax. ``top_k`` and ``min_p`` filter in
+    (the usual sampler); ``decoding="greedy"`` takes the argmax. ``decoding="dynatemp"`` is the
+    entropy-based baseline of llama.cpp: ``T = t_min + (t_max - t_min) * (H / log V) ** dynatemp_exponent``
+    with H the entropy of softmax(logits), and the constant ``top_p``. ``top_k`` and ``min_p`` filter in
     every mode. ``seed`` makes a request reproducible whatever batch it runs in.
     """
 
@@ -48,6 +51,7 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0
     min_p: float = 0.0
+    dynatemp_exponent: float = 1.0
     max_new_tokens: int = 256
     stop: tuple[str, ...] = field(default_factory=tuple)
     seed: int | None = None
@@ -65,6 +69,10 @@ class SamplingParams:
             _check(0.0 <= value <= 1.0, f"{name}={value} must lie in [0, 1]")
         _check(0.0 <= self.t_min <= self.t_max, f"temperature bounds [{self.t_min}, {self.t_max}] need 0 <= t_min <= t_max")
         _check(self.p_min <= self.p_max, f"top-p bounds [{self.p_min}, {self.p_max}] need p_min <= p_max")
+        _check(math.isfinite(self.dynatemp_exponent) and self.dynatemp_exponent > 0, f"dynatemp_exponent={self.dynatemp_exponent} must be a finite number > 0")
+        if self.decoding == "dynatemp":
+            _check(math.isfinite(self.t_max), "decoding='dynatemp' maps entropy onto [t_min, t_max]: give a finite t_max")
+            _check(self.temperature == 1.0, "decoding='dynatemp' sets the temperature from the entropy; use t_min/t_max, not temperature")
         _check(self.top_k >= 0, f"top_k={self.top_k} must be >= 0 (0 turns it off)")
         _check(self.max_new_tokens >= 1, f"max_new_tokens={self.max_new_tokens} must be >= 1")
         _check(all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings")
@@ -87,6 +95,8 @@ class SamplingParams:
         """True when this request takes the argmax at every step."""
         if self.decoding == "autodeco":
             return self.temperature_scale == 0.0 or self.t_max == 0.0
+        if self.decoding == "dynatemp":
+            return self.t_max == 0.0
         return self.decoding == "greedy" or self.temperature == 0.0
 
 
@@ -114,6 +124,16 @@ def apply_user_controls(
     return final_t, final_p
 
 
+def entropy_temperature(logits: torch.Tensor, t_min: torch.Tensor, t_max: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:
+    """Per-row dynatemp temperature ``t_min + (t_max - t_min) * (H / log V) ** exponent``, where H
+    is the entropy of softmax(logits [B, V]) and log V its largest value: confident steps run cool,
+    uncertain ones hot."""
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    entropy = -(log_probs.exp() * log_probs).nan_to_num().sum(dim=-1)  # -inf logits give 0 * -inf
+    normalised = (entropy / math.log(logits.shape[-1])).clamp(0.0, 1.0)
+    return t_min + (t_max - t_min) * normalised.pow(exponent)
+
+
 def _clamp(values: torch.Tensor, low: torch.Tensor | float, high: torch.Tensor | float) -> torch.Tensor:
     """Clamp to per-row (or scalar) bounds."""
     low = torch.as_tensor(low, dtype=values.dtype, device=values.device)
@@ -126,6 +146,8 @@ class BatchedSampling:
     """The per-row tensors of a batch of :class:`SamplingParams` (vLLM style: no loop over rows)."""
 
     uses_heads: torch.Tensor  # bool [B]: autodeco rows
+    uses_entropy: torch.Tensor  # bool [B]: dynatemp rows
+    dynatemp_exponent: torch.Tensor
     temperature_scale: torch.Tensor
     top_p_scale: torch.Tensor
     t_min: torch.Tensor
@@ -137,6 +159,7 @@ class BatchedSampling:
     top_k: torch.Tensor | None  # None when no row filters, so the common case skips the work
     min_p: torch.Tensor | None
     needs_heads: bool  # some row decodes with the learned values: the model must run its heads
+    needs_entropy: bool  # some row derives T from the logits' entropy
     all_greedy: bool  # every row takes the argmax: no randomness needed
 
     @classmethod
@@ -148,6 +171,8 @@ class BatchedSampling:
         min_p = [p.min_p for p in params]
         return cls(
             uses_heads=column([p.decoding == "autodeco" for p in params], torch.bool),
+            uses_entropy=column([p.decoding == "dynatemp" for p in params], torch.bool),
+            dynatemp_exponent=column([p.dynatemp_exponent for p in params]),
             temperature_scale=column([p.temperature_scale for p in params]),
             top_p_scale=column([p.top_p_scale for p in params]),
             t_min=column([p.t_min for p in params]),
@@ -159,23 +184,33 @@ class BatchedSampling:
             top_k=column(top_k, torch.long) if any(top_k) else None,
             min_p=column(min_p) if any(min_p) else None,
             needs_heads=any(p.decoding == "autodeco" for p in params),
+            needs_entropy=any(p.decoding == "dynatemp" and not p.is_greedy for p in params),
             all_greedy=all(p.is_greedy for p in params),
         )
 
-    def resolve(self, learned_temperature: torch.Tensor | None, learned_top_p: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def resolve(
+        self, learned_temperature: torch.Tensor | None, learned_top_p: torch.Tensor | None, logits: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-row (T, P) actually used this step: learned values under user controls for
-        autodeco rows, the constants for static and greedy rows. Pass None for the learned
-        values when the heads did not run (``needs_heads`` is False)."""
+        autodeco rows, entropy-based T for dynatemp rows, the constants for static and greedy
+        rows. Pass None for the learned values when the heads did not run (``needs_heads`` is
+        False); ``logits [B, V]`` are needed when ``needs_entropy``."""
+        temperature = self.static_temperature
+        if self.needs_entropy:
+            if logits is None:
+                raise AutoDecoError("this batch has dynatemp rows, which need the step's logits")
+            dynamic = entropy_temperature(logits, self.t_min, self.t_max, self.dynatemp_exponent)
+            temperature = torch.where(self.uses_entropy, dynamic, temperature)
         if learned_temperature is None or learned_top_p is None:
             if self.needs_heads:
                 raise AutoDecoError("this batch decodes with the learned T and P, but the model output carries none")
-            return self.static_temperature, self.static_top_p
+            return temperature, self.static_top_p
         auto_t, auto_p = apply_user_controls(
             learned_temperature.float(), learned_top_p.float(),
             self.temperature_scale, self.top_p_scale, self.t_min, self.t_max, self.p_min, self.p_max,
         )
         return (
-            torch.where(self.uses_heads, auto_t, self.static_temperature),
+            torch.where(self.uses_heads, auto_t, temperature),
             torch.where(self.uses_heads, auto_p, self.static_top_p),
         )
 

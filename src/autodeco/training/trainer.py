@@ -29,10 +29,11 @@ import torch
 from accelerate import PartialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from transformers import AutoTokenizer, get_scheduler
+from transformers import get_scheduler
 
 from autodeco.errors import AutoDecoError
 from autodeco.heads import AutoDecoHeads
+from autodeco.models import load_tokenizer
 from autodeco.modeling import AutoDecoModelForCausalLM, base_hidden_size, check_logits_from_hidden, load_base, load_heads, logits_from_hidden
 from autodeco.sampling import counter_uniforms
 from autodeco.training.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -377,7 +378,7 @@ def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
     console = console or Console(stderr=True)
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1  # by accelerate launch or torchrun
     state = PartialState(cpu=launched and not torch.cuda.is_available())  # CPU processes talk over gloo
-    tokenizer = AutoTokenizer.from_pretrained(config.base, trust_remote_code=config.trust_remote_code)
+    tokenizer = load_tokenizer(config.base, config.trust_remote_code)
     examples, stats = load_examples(config.data, tokenizer, config.max_length, config.overflow)
     if state.is_main_process:
         console.print(stats.summary())

@@ -1,0 +1,262 @@
+"""The resumable evaluation runner: tasks x strategies -> sample records -> metrics.
+
+Every sample is appended to ``OUT/samples.jsonl`` (one JSON record, with its per-token T and P)
+as soon as its batch is scored, so an interrupted run resumes where it stopped: work is split into
+fixed batches of the full (problem, sample) list and a batch already on disk is never redone.
+``OUT/run.json`` records the settings that shape the samples; resuming with other settings is
+refused. Each (problem, sample) pair gets one seed, shared by all strategies (common random
+numbers make the differences between strategies less noisy).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from autodeco.engine import generate
+from autodeco.errors import AutoDecoError
+from autodeco.evaluation.metrics import summarise
+from autodeco.evaluation.strategies import (
+    AUTODECO, DEFAULT_ORACLE_TEMPERATURES, DEFAULT_ORACLE_TOP_PS, Decoding, Strategy, mean_decoding, static_decoding,
+)
+from autodeco.evaluation.tasks import Problem, Task
+from autodeco.io import atomic_write_text
+
+SAMPLES_NAME = "samples.jsonl"
+RUN_NAME = "run.json"
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """What shapes the samples; a resumed run must match it."""
+
+    model: str
+    heads: str | None
+    heads_sha256: str | None
+    chat: bool
+    max_new_tokens: int
+    seed: int
+    dtype: str
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    """What to evaluate: these may grow between runs of the same OUT (more tasks, problems, samples)."""
+
+    tasks: list[Task]
+    strategies: list[Strategy]
+    samples: int = 4
+    limit: int | None = None
+    batch_size: int = 8
+    oracle_temperatures: tuple[float, ...] = DEFAULT_ORACLE_TEMPERATURES
+    oracle_top_ps: tuple[float, ...] = DEFAULT_ORACLE_TOP_PS
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sample_seed(seed: int, task: str, problem_id: str, sample: int) -> int:
+    """One seed per (task, problem, sample), the same for every strategy."""
+    digest = hashlib.blake2b(f"{seed}\0{task}\0{problem_id}\0{sample}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class SampleStore:
+    """``samples.jsonl``: records appended per batch (flushed and synced); read back on resume.
+
+    A line cut short by a crash is dropped (and cut from the file), and a record seen twice is
+    kept once, so no sample is ever counted twice.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.records: dict[tuple[str, str, str, int], dict[str, Any]] = {}
+        if path.is_file():
+            self._load()
+
+    def _load(self) -> None:
+        data = self.path.read_bytes()
+        good_end = 0
+        for line in data.splitlines(keepends=True):
+            if not line.endswith(b"\n"):
+                break  # the torn last line of an interrupted write
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            self.records[self.key(record)] = record
+            good_end += len(line)
+        if good_end < len(data):
+            with self.path.open("r+b") as handle:
+                handle.truncate(good_end)
+
+    @staticmethod
+    def key(record: dict[str, Any]) -> tuple[str, str, str, int]:
+        return record["task"], record["decoding"], record["problem"], record["sample"]
+
+    def has(self, task: str, decoding: str, problem: str, sample: int) -> bool:
+        return (task, decoding, problem, sample) in self.records
+
+    def get(self, task: str, decoding: str, problem: str, sample: int) -> dict[str, Any]:
+        return self.records[(task, decoding, problem, sample)]
+
+    def append(self, records: list[dict[str, Any]]) -> None:
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+            handle.flush()
+            os.fsync(handle.fileno())
+        for record in records:
+            self.records[self.key(record)] = record
+
+
+def check_settings(out: Path, settings: EvalSettings) -> None:
+    """Write ``run.json`` on the first run; on later runs refuse settings that differ."""
+    path = out / RUN_NAME
+    current = asdict(settings)
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        changed = [f"{key}: {previous.get(key)!r} then, {value!r} now" for key, value in current.items() if previous.get(key) != value]
+        if changed:
+            raise AutoDecoError(
+                f"{out} holds samples made with other settings ({'; '.join(changed)}); "
+                "use a new --out, or the same settings to resume"
+            )
+    else:
+        atomic_write_text(json.dumps(current, indent=2) + "\n", path)
+
+
+class Evaluator:
+    """Runs a plan on one model and returns ``{task: {strategy: metrics}}``; resumable."""
+
+    def __init__(self, model: Any, tokenizer: Any, settings: EvalSettings, out: Path, console: Console | None = None) -> None:
+        self.model, self.tokenizer, self.settings = model, tokenizer, settings
+        self.out = out
+        self.console = console or Console(stderr=True)
+        out.mkdir(parents=True, exist_ok=True)
+        check_settings(out, settings)
+        self.store = SampleStore(out / SAMPLES_NAME)
+        self.used: dict[tuple[str, str, str, int], dict[str, Any]] = {}  # the records behind the results
+
+    def run(self, plan: EvalPlan) -> dict[str, dict[str, dict[str, Any]]]:
+        if any(s.kind == "mean" or (s.decoding and s.decoding.uses_heads) for s in plan.strategies) and self.settings.heads is None:
+            raise AutoDecoError("strategies autodeco and mean need the learned T and P: pass --heads (or drop them)")
+        results = {}
+        for task in plan.tasks:
+            problems = task.problems()[: plan.limit]
+            if not problems:
+                raise AutoDecoError(f"task {task.name!r} has no problems")
+            results[task.name] = self._run_task(task, problems, plan)
+        return results
+
+    def _run_task(self, task: Task, problems: list[Problem], plan: EvalPlan) -> dict[str, dict[str, Any]]:
+        def measure(decoding: Decoding) -> dict[str, Any]:
+            records = self._samples(task, problems, decoding, plan)
+            return {**summarise(records, task.open_ended), "params": decoding.settings()}
+
+        results: dict[str, dict[str, Any]] = {}
+        for strategy in sorted(plan.strategies, key=lambda s: s.kind in ("oracle", "mean")):  # derived ones last
+            if strategy.decoding is not None:
+                results[strategy.label] = measure(strategy.decoding)
+            elif strategy.kind == "oracle":
+                results[strategy.label] = self._oracle(measure, plan)
+            else:
+                results[strategy.label] = measure(mean_decoding(self._samples(task, problems, AUTODECO, plan)))
+                results[strategy.label]["params"]["from"] = "mean T and P of autodeco on this task"
+        return {s.label: results[s.label] for s in plan.strategies}
+
+    @staticmethod
+    def _oracle(measure: Callable[[Decoding], dict[str, Any]], plan: EvalPlan) -> dict[str, Any]:
+        """The paper's oracle: the best T at P=1, then the best P at that T (first best on ties)."""
+        sweep: dict[str, float] = {}
+
+        def best(decodings: list[Decoding]) -> tuple[Decoding, dict[str, Any]]:
+            scored = [(d, measure(d)) for d in decodings]
+            sweep.update({d.key: m["pass@1"] for d, m in scored})
+            return max(scored, key=lambda pair: pair[1]["pass@1"])
+
+        best_t, _ = best([static_decoding(t, 1.0) for t in plan.oracle_temperatures])
+        temperature = best_t.params.temperature
+        winner, metrics = best([static_decoding(temperature, p) for p in plan.oracle_top_ps])
+        metrics["params"] = {
+            **winner.settings(), "tuned_on_test_set": True,
+            "grid": {"temperature": list(plan.oracle_temperatures), "top_p": list(plan.oracle_top_ps)}, "sweep": sweep,
+        }
+        return metrics
+
+    def _samples(self, task: Task, problems: list[Problem], decoding: Decoding, plan: EvalPlan) -> list[dict[str, Any]]:
+        """All records of ``decoding`` on these problems, generating the missing ones."""
+        samples = 1 if decoding.deterministic else plan.samples
+        items = [(problem, sample) for problem in problems for sample in range(samples)]
+        batches = [items[i:i + plan.batch_size] for i in range(0, len(items), plan.batch_size)]
+        todo = [[(p, s) for p, s in batch if not self.store.has(task.name, decoding.key, p.id, s)] for batch in batches]
+        todo = [batch for batch in todo if batch]
+        if todo:
+            with _ProgressBar(self.console, f"{task.name} · {decoding.key}", sum(len(b) for b in todo)) as advance:
+                for batch in todo:
+                    records = self._generate(task, decoding, batch)
+                    self.store.append(records)
+                    advance(len(batch), sum(len(r["token_ids"]) for r in records))
+        records = [self.store.get(task.name, decoding.key, p.id, s) for p, s in items]
+        self.used.update((SampleStore.key(r), r) for r in records)
+        return records
+
+    def _generate(self, task: Task, decoding: Decoding, batch: list[tuple[Problem, int]]) -> list[dict[str, Any]]:
+        chat = self.settings.chat
+        params = [
+            replace(decoding.params, max_new_tokens=self.settings.max_new_tokens, stop=task.stop(chat),
+                    seed=sample_seed(self.settings.seed, task.name, problem.id, sample))
+            for problem, sample in batch
+        ]
+        started = time.perf_counter()
+        completions = generate(self.model, self.tokenizer, [task.prompt(p, chat) for p, _ in batch], params)
+        seconds = (time.perf_counter() - started) / len(batch)
+        records = []
+        for (problem, sample), completion, param in zip(batch, completions, params):
+            score = task.score(problem, completion.text)
+            records.append({
+                "task": task.name, "decoding": decoding.key, "problem": problem.id, "sample": sample, "seed": param.seed,
+                "text": completion.text, "answer": score.answer, "answered": score.answer is not None,
+                "correct": bool(score.correct), "extras": score.extras, "finish_reason": completion.finish_reason,
+                "token_ids": completion.token_ids, "pieces": [t.text for t in completion.tokens],
+                "temperatures": [round(t, 4) for t in completion.temperatures], "top_ps": [round(p, 4) for p in completion.top_ps],
+                "seconds": seconds,
+            })
+        return records
+
+class _ProgressBar:
+    """A rich bar for one (task, decoding): samples done, tokens/s, time left."""
+
+    def __init__(self, console: Console, description: str, total: int) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[speed]}"),
+            TimeRemainingColumn(), console=console,
+        )
+        self.task = self.progress.add_task(description, total=total, speed="")
+        self.started, self.tokens = time.perf_counter(), 0
+
+    def __enter__(self) -> Callable[[int, int], None]:
+        self.progress.start()
+        return self.advance
+
+    def advance(self, samples: int, tokens: int) -> None:
+        self.tokens += tokens
+        rate = self.tokens / max(time.perf_counter() - self.started, 1e-9)
+        self.progress.update(self.task, advance=samples, speed=f"{rate:.0f} tok/s")
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+

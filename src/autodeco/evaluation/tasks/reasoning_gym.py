@@ -1,0 +1,99 @@
+"""reasoning_gym:<dataset>: procedurally generated problems with their own scorers.
+
+Options: ``seed`` (the evaluation seed), ``size`` (problems generated, default 1000), ``shots``
+(few-shot examples for base models, default 3), ``split`` (``test`` by default; ``train`` draws
+from another seed and drops every question that the test split holds, so training data and
+evaluation never overlap), and any keyword of the dataset's config (``min_terms=2``, ...).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+from autodeco.engine import Prompt
+from autodeco.errors import AutoDecoError
+from autodeco.evaluation.tasks import Problem, Score, Task, few_shot_prompt, register_task, require, user_turn
+from autodeco.evaluation.tasks.answers import extract_answer
+
+TEST_SEED = 20_260
+TRAIN_SEED = 7_777_777
+SHOT_SEED = 99_991  # few-shot examples: a third seed, filtered against the test problems
+DEFAULT_SIZE = 1000
+OWN_OPTIONS = {"seed": int, "size": int, "shots": int, "split": str}
+
+
+def _value(text: str) -> Any:
+    """A config value from the command line: int, float, true/false or text."""
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+class ReasoningGymTask(Task):
+    def __init__(self, dataset: str, options: dict[str, str]) -> None:
+        self.rg = require("reasoning_gym", "reasoning-gym")
+        known = sorted(require("reasoning_gym.factory", "reasoning-gym").DATASETS)
+        if dataset not in known:
+            raise AutoDecoError(f"reasoning_gym has no dataset {dataset!r}; it has: {', '.join(known)}")
+        self.dataset_name = dataset
+        own = {key: options[key] for key in OWN_OPTIONS if key in options}
+        self.config = {key: _value(value) for key, value in options.items() if key not in OWN_OPTIONS}
+        self.split = own.get("split", "test")
+        if self.split not in ("test", "train"):
+            raise AutoDecoError(f"reasoning_gym split={self.split!r} is unknown; use test or train")
+        self.size = int(own.get("size", DEFAULT_SIZE))
+        self.seed = int(own.get("seed", TEST_SEED if self.split == "test" else TRAIN_SEED))
+        self.shots = int(own.get("shots", 3))
+        self._datasets: dict[int, Any] = {}
+
+    def _dataset(self, seed: int) -> Any:
+        if seed not in self._datasets:
+            try:
+                self._datasets[seed] = self.rg.create_dataset(self.dataset_name, size=self.size, seed=seed, **self.config)
+            except (ValueError, TypeError, AssertionError, KeyError) as error:
+                raise AutoDecoError(f"reasoning_gym cannot build {self.dataset_name!r} with {self.config or 'its default config'}: {error}") from error
+        return self._datasets[seed]
+
+    def _test_questions(self) -> set[str]:
+        test = self._dataset(TEST_SEED if self.split == "train" else self.seed)
+        return {entry["question"] for entry in test}
+
+    def problems(self) -> list[Problem]:
+        entries = list(self._dataset(self.seed))
+        if self.split == "train":
+            held_out = self._test_questions()
+            entries = [e for e in entries if e["question"] not in held_out]
+        return [Problem(f"{self.seed}-{i}", e["question"], e) for i, e in enumerate(entries)]
+
+    @cached_property
+    def few_shots(self) -> list[tuple[str, str]]:
+        """Worked examples from a third seed, none of them a test question."""
+        held_out = self._test_questions()
+        shots = [e for e in self._dataset(SHOT_SEED) if e["question"] not in held_out][: self.shots]
+        return [(e["question"], str(e["answer"])) for e in shots]
+
+    def prompt(self, problem: Problem, chat: bool) -> Prompt:
+        if chat:
+            return user_turn(f"{problem.question}\nGive your final answer after 'Answer:'.")
+        return few_shot_prompt(self.few_shots, problem.question)
+
+    def stop(self, chat: bool) -> tuple[str, ...]:
+        return () if chat else ("\n",)  # the few-shot answers are one line
+
+    def score(self, problem: Problem, completion: str) -> Score:
+        answer = extract_answer(completion)
+        if answer is None:
+            return Score(False, None)
+        value = self._dataset(self.seed).score_answer(answer, problem.reference)
+        return Score(value is not None and float(value) >= 1.0, answer)
+
+
+@register_task("reasoning_gym")
+def _reasoning_gym(argument: str | None, options: dict[str, str]) -> Task:
+    if not argument:
+        raise AutoDecoError("name the reasoning_gym dataset, e.g. reasoning_gym:basic_arithmetic")
+    return ReasoningGymTask(argument, options)

