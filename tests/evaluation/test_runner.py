@@ -114,3 +114,15 @@ def test_strategies_that_need_heads_are_refused_without_them(make_model, tokeniz
     no_heads = EvalSettings(**{**SETTINGS.__dict__, "heads": None})
     with pytest.raises(AutoDecoError, match="autodeco and mean need the learned T and P: pass --heads"):
         Evaluator(make_model(), tokenizer, no_heads, tmp_path).run(plan("greedy,mean"))
+
+
+def test_samples_made_from_another_prompt_are_made_again(make_model, tokenizer, tmp_path, monkeypatch):
+    Evaluator(make_model(), tokenizer, SETTINGS, tmp_path).run(plan("greedy"))
+    monkeypatch.setattr(ParityTask, "prompt", lambda self, problem, chat: f"Count again. {problem.question}")
+    calls = []
+    real_generate = runner_module.generate
+    monkeypatch.setattr(runner_module, "generate", lambda *a, **k: calls.append(1) or real_generate(*a, **k))
+    Evaluator(make_model(), tokenizer, SETTINGS, tmp_path).run(plan("greedy"))
+    assert len(calls) == 2  # both batches of 4 and 2 problems again
+    Evaluator(make_model(), tokenizer, SETTINGS, tmp_path).run(plan("greedy"))
+    assert len(calls) == 2  # and now they are on disk

@@ -7,6 +7,7 @@ from autodeco.evaluation import tasks as registry
 from autodeco.evaluation.sandbox import run_python
 from autodeco.evaluation.tasks import load_task, parse_task_spec
 from autodeco.evaluation.tasks.answers import extract_answer, last_boxed, math_match, numeric_match, verifier
+from autodeco.evaluation.tasks.reasoning_gym import split_of
 
 EASY_ARITHMETIC = "reasoning_gym:basic_arithmetic,min_terms=2,max_terms=2,min_digits=1,max_digits=1,size=200"
 
@@ -85,7 +86,8 @@ def test_missing_task_package_names_the_extra(monkeypatch):
 def test_reasoning_gym_scores_the_reference_right_and_other_answers_wrong():
     task = load_task(EASY_ARITHMETIC)
     problems = task.problems()
-    assert len(problems) == 200 and problems == load_task(EASY_ARITHMETIC).problems()  # deterministic
+    assert 50 < len(problems) < 200 and problems == load_task(EASY_ARITHMETIC).problems()  # deterministic
+    assert len({p.question for p in problems}) == len(problems) and all(split_of(p.question) == "test" for p in problems)
     for problem in problems[:20]:
         right = str(problem.reference["answer"])
         assert task.score(problem, f" {right}\n").correct
@@ -94,6 +96,11 @@ def test_reasoning_gym_scores_the_reference_right_and_other_answers_wrong():
 
 
 def test_reasoning_gym_train_split_and_shots_never_hold_test_questions():
+    # a space of ~200 questions: any two seeds draw overlapping sets, the split keeps them apart
+    chain_sum = "reasoning_gym:chain_sum,min_terms=2,max_terms=2,min_digits=1,max_digits=1"
+    test_sums = {p.question for p in load_task(chain_sum + ",size=3000").problems()}
+    train_sums = {p.question for p in load_task(chain_sum + ",split=train,seed=5,size=3000").problems()}
+    assert len(test_sums) > 50 and len(train_sums) > 50 and not test_sums & train_sums
     test = {p.question for p in load_task(EASY_ARITHMETIC).problems()}
     task = load_task(EASY_ARITHMETIC + ",split=train")
     train = task.problems()

@@ -8,7 +8,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from autodeco.io import atomic_replace, atomic_write_text
+from autodeco.io import atomic_write_text
+from autodeco.plots import pyplot, save_png, token_trace_figure
 
 RESULTS_NAME = "results.json"
 REPORT_NAME = "report.md"
@@ -24,7 +25,8 @@ def _cell(value: float, stderr: float | None = None, digits: int = 3) -> str:
 
 
 def markdown_report(document: dict[str, Any]) -> str:
-    """One table per task: strategy x metric, the best pass@1 in bold, ± one standard error."""
+    """One table per task: strategy x metric, the best pass@1 in bold (ties too; none when all
+    are 0), ± one standard error."""
     lines = [f"# Evaluation: {document['model']}", "", f"- heads: {document['heads'] or 'none'}", f"- created: {document['created']}"]
     lines += [f"- {key.replace('_', ' ')}: {value}" for key, value in document.items() if key not in ("model", "heads", "created", "tasks")]
     for task, strategies in document["tasks"].items():
@@ -41,7 +43,7 @@ def markdown_report(document: dict[str, Any]) -> str:
             params = {k: v for k, v in m["params"].items() if k not in ("grid", "sweep", "tuned_on_test_set")}
             name = f"{label} (tuned on the test set)" if m["params"].get("tuned_on_test_set") else label
             row = [
-                name, f"**{pass1}**" if math.isclose(m["pass@1"], best) else pass1, f"{_cell(m['pass@k'][k_max])} (k={k_max})",
+                name, f"**{pass1}**" if best > 0 and math.isclose(m["pass@1"], best) else pass1, f"{_cell(m['pass@k'][k_max])} (k={k_max})",
                 str(m["no_answer"]), f"{m['mean_temperature']:.2f} ({m['std_temperature']:.2f})", f"{m['mean_top_p']:.2f} ({m['std_top_p']:.2f})",
                 f"{m['mean_length']:.1f}", f"{m['tokens_per_s']:.1f}", *[_cell(m[e], m[f"{e}_stderr"]) for e in extras],
             ]
@@ -56,23 +58,9 @@ def markdown_report(document: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(figure: Any, path: Path) -> None:
-    atomic_replace(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-    _pyplot().close(figure)
-
-
 def plot_accuracy(document: dict[str, Any], path: Path) -> None:
     """Bars of pass@1 per strategy with ± one standard error, one panel per task."""
-    plt = _pyplot()
+    plt = pyplot()
     tasks = document["tasks"]
     figure, axes = plt.subplots(1, len(tasks), figsize=(max(4.5, 1.1 * max(len(s) for s in tasks.values())) * len(tasks), 3.8), squeeze=False)
     for axis, (task, strategies) in zip(axes[0], tasks.items()):
@@ -82,7 +70,7 @@ def plot_accuracy(document: dict[str, Any], path: Path) -> None:
         axis.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
         axis.set_title(task, fontsize=9)
         axis.set_ylabel("pass@1 (± s.e.)")
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def plot_distributions(records: list[dict[str, Any]], path: Path) -> bool:
@@ -93,7 +81,7 @@ def plot_distributions(records: list[dict[str, Any]], path: Path) -> bool:
             by_task.setdefault(record["task"], []).append(record)
     if not by_task:
         return False
-    plt = _pyplot()
+    plt = pyplot()
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     for task, rows in by_task.items():
         left.hist([t for r in rows for t in r["temperatures"]], bins=40, alpha=0.55, label=task)
@@ -101,7 +89,7 @@ def plot_distributions(records: list[dict[str, Any]], path: Path) -> bool:
     left.set_title("predicted temperature per token")
     right.set_title("predicted top-p per token")
     left.legend(fontsize=7)
-    _save(figure, path)
+    save_png(figure, path)
     return True
 
 
@@ -112,16 +100,8 @@ def plot_example(records: list[dict[str, Any]], path: Path, max_tokens: int = 60
     if not candidates:
         return False
     example = next((r for r in candidates if r["correct"]), candidates[0])
-    pieces = example["pieces"][:max_tokens]
-    plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(max(6.0, 0.28 * len(pieces)), 3.6))
-    steps = range(len(pieces))
-    axis.plot(steps, example["temperatures"][: len(pieces)], marker="o", label="temperature")
-    axis.plot(steps, example["top_ps"][: len(pieces)], marker="s", label="top-p")
-    axis.set_xticks(list(steps), [repr(p)[1:-1] for p in pieces], rotation=70, fontsize=7)
-    axis.set_title(f"{example['task']} · problem {example['problem']} · {'correct' if example['correct'] else 'wrong'}", fontsize=9)
-    axis.legend()
-    _save(figure, path)
+    title = f"{example['task']} · problem {example['problem']} · {'correct' if example['correct'] else 'wrong'}"
+    save_png(token_trace_figure(example["pieces"], example["temperatures"], example["top_ps"], title, max_tokens), path)
     return True
 
 

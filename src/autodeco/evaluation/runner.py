@@ -1,8 +1,9 @@
 """The resumable evaluation runner: tasks x strategies -> sample records -> metrics.
 
-Every sample is appended to ``OUT/samples.jsonl`` (one JSON record, with its per-token T and P)
-as soon as its batch is scored, so an interrupted run resumes where it stopped: work is split into
-fixed batches of the full (problem, sample) list and a batch already on disk is never redone.
+Every sample is appended to ``OUT/samples.jsonl`` (one JSON record, with its per-token T and P
+and a fingerprint of its prompt) as soon as its batch is scored, so an interrupted run resumes
+where it stopped: work is split into fixed batches of the full (problem, sample) list and a sample
+already on disk is never redone, unless the task now builds another prompt for it.
 ``OUT/run.json`` records the settings that shape the samples; resuming with other settings is
 refused. Each (problem, sample) pair gets one seed, shared by all strategies (common random
 numbers make the differences between strategies less noisy).
@@ -67,6 +68,11 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def prompt_digest(prompt: Any) -> str:
+    """A short fingerprint of a prompt (text or chat messages)."""
+    return hashlib.sha256(json.dumps(prompt, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
 
 
 def sample_seed(seed: int, task: str, problem_id: str, sample: int) -> int:
@@ -164,7 +170,7 @@ class Evaluator:
 
     def _run_task(self, task: Task, problems: list[Problem], plan: EvalPlan) -> dict[str, dict[str, Any]]:
         def measure(decoding: Decoding) -> dict[str, Any]:
-            records = self._samples(task, problems, decoding, plan)
+            records = self.samples(task, problems, decoding, plan)
             return {**summarise(records, task.open_ended), "params": decoding.settings()}
 
         results: dict[str, dict[str, Any]] = {}
@@ -174,7 +180,7 @@ class Evaluator:
             elif strategy.kind == "oracle":
                 results[strategy.label] = self._oracle(measure, plan)
             else:
-                results[strategy.label] = measure(mean_decoding(self._samples(task, problems, AUTODECO, plan)))
+                results[strategy.label] = measure(mean_decoding(self.samples(task, problems, AUTODECO, plan)))
                 results[strategy.label]["params"]["from"] = "mean T and P of autodeco on this task"
         return {s.label: results[s.label] for s in plan.strategies}
 
@@ -197,38 +203,46 @@ class Evaluator:
         }
         return metrics
 
-    def _samples(self, task: Task, problems: list[Problem], decoding: Decoding, plan: EvalPlan) -> list[dict[str, Any]]:
+    def samples(self, task: Task, problems: list[Problem], decoding: Decoding, plan: EvalPlan) -> list[dict[str, Any]]:
         """All records of ``decoding`` on these problems, generating the missing ones."""
         samples = 1 if decoding.deterministic else plan.samples
+        prompts = {p.id: task.prompt(p, self.settings.chat) for p in problems}
+        digests = {pid: prompt_digest(prompt) for pid, prompt in prompts.items()}
         items = [(problem, sample) for problem in problems for sample in range(samples)]
         batches = [items[i:i + plan.batch_size] for i in range(0, len(items), plan.batch_size)]
-        todo = [[(p, s) for p, s in batch if not self.store.has(task.name, decoding.key, p.id, s)] for batch in batches]
+        todo = [[(p, s) for p, s in batch if not self._stored(task.name, decoding.key, p.id, s, digests[p.id])] for batch in batches]
         todo = [batch for batch in todo if batch]
         if todo:
             with _ProgressBar(self.console, f"{task.name} · {decoding.key}", sum(len(b) for b in todo)) as advance:
                 for batch in todo:
-                    records = self._generate(task, decoding, batch)
+                    records = self._generate(task, decoding, batch, prompts, digests)
                     self.store.append(records)
                     advance(len(batch), sum(len(r["token_ids"]) for r in records))
         records = [self.store.get(task.name, decoding.key, p.id, s) for p, s in items]
         self.used.update((SampleStore.key(r), r) for r in records)
         return records
 
-    def _generate(self, task: Task, decoding: Decoding, batch: list[tuple[Problem, int]]) -> list[dict[str, Any]]:
-        chat = self.settings.chat
+    def _stored(self, task: str, decoding: str, problem: str, sample: int, digest: str) -> bool:
+        """A record exists and was made from the same prompt (a changed prompt builder redoes it)."""
+        return self.store.has(task, decoding, problem, sample) and self.store.get(task, decoding, problem, sample).get("prompt_sha") == digest
+
+    def _generate(
+        self, task: Task, decoding: Decoding, batch: list[tuple[Problem, int]], prompts: dict[str, Any], digests: dict[str, str]
+    ) -> list[dict[str, Any]]:
         params = [
-            replace(decoding.params, max_new_tokens=self.settings.max_new_tokens, stop=task.stop(chat),
+            replace(decoding.params, max_new_tokens=self.settings.max_new_tokens, stop=task.stop(self.settings.chat),
                     seed=sample_seed(self.settings.seed, task.name, problem.id, sample))
             for problem, sample in batch
         ]
         started = time.perf_counter()
-        completions = generate(self.model, self.tokenizer, [task.prompt(p, chat) for p, _ in batch], params)
+        completions = generate(self.model, self.tokenizer, [prompts[p.id] for p, _ in batch], params)
         seconds = (time.perf_counter() - started) / len(batch)
         records = []
         for (problem, sample), completion, param in zip(batch, completions, params):
             score = task.score(problem, completion.text)
             records.append({
                 "task": task.name, "decoding": decoding.key, "problem": problem.id, "sample": sample, "seed": param.seed,
+                "prompt_sha": digests[problem.id],
                 "text": completion.text, "answer": score.answer, "answered": score.answer is not None,
                 "correct": bool(score.correct), "extras": score.extras, "finish_reason": completion.finish_reason,
                 "token_ids": completion.token_ids, "pieces": [t.text for t in completion.tokens],

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from autodeco.io import atomic_replace, atomic_write_text
+from autodeco.io import atomic_write_text
+from autodeco.plots import pyplot, save_png
 
 
 class MetricsLog:
@@ -32,13 +33,8 @@ class MetricsLog:
 
 def plot_training(records: list[dict[str, Any]], path: Path) -> None:
     """A PNG with three panels over steps: the losses, the mean predicted T, the mean predicted P."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     steps = [r["step"] for r in records]
-    figure, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    figure, axes = pyplot().subplots(1, 3, figsize=(13, 3.6))
     for key, label in (("loss", "total"), ("temperature_loss", "temperature"), ("top_p_loss", "top-p")):
         values = [r.get(key) for r in records]
         if any(v is not None for v in values):
@@ -52,5 +48,4 @@ def plot_training(records: list[dict[str, Any]], path: Path) -> None:
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)
     figure.tight_layout()
-    atomic_replace(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110))
-    plt.close(figure)
+    save_png(figure, path)

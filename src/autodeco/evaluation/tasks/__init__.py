@@ -65,14 +65,26 @@ _FAMILIES: dict[str, TaskFactory] = {}
 _BUILTIN_MODULES = ("reasoning_gym", "mmath", "ifeval", "humaneval", "jsonl")
 
 
-def register_task(family: str) -> Callable[[TaskFactory], TaskFactory]:
-    """Decorator: ``factory(argument, options) -> Task`` serves task names ``family[:argument]``."""
+_TRAIN_SPLIT_FAMILIES: set[str] = set()
+
+
+def register_task(family: str, has_train_split: bool = False) -> Callable[[TaskFactory], TaskFactory]:
+    """Decorator: ``factory(argument, options) -> Task`` serves task names ``family[:argument]``.
+    ``has_train_split``: the factory takes ``split=train`` and then gives problems that never
+    appear in its (default) test split, so training data can be sampled from it."""
 
     def add(factory: TaskFactory) -> TaskFactory:
         _FAMILIES[family] = factory
+        (_TRAIN_SPLIT_FAMILIES.add if has_train_split else _TRAIN_SPLIT_FAMILIES.discard)(family)
         return factory
 
     return add
+
+
+def has_train_split(family: str) -> bool:
+    """Whether a registered family can give training problems disjoint from its evaluation set."""
+    task_families()
+    return family in _TRAIN_SPLIT_FAMILIES
 
 
 def task_families() -> list[str]:

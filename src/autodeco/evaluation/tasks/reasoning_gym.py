@@ -1,13 +1,19 @@
 """reasoning_gym:<dataset>: procedurally generated problems with their own scorers.
 
-Options: ``seed`` (the evaluation seed), ``size`` (problems generated, default 1000), ``shots``
-(few-shot examples for base models, default 3), ``split`` (``test`` by default; ``train`` draws
-from another seed and drops every question that the test split holds, so training data and
-evaluation never overlap), and any keyword of the dataset's config (``min_terms=2``, ...).
+The question space is split in two by a hash of each question's text: the test split keeps
+questions in one half, ``split=train`` those in the other, so training data and evaluation never
+share a question, whatever the seeds and sizes (small spaces such as one-digit sums included).
+Within a split each question appears once. Few-shot examples come from the train half.
+
+Options: ``split`` (``test`` by default, or ``train``), ``seed`` (the generator's seed; each split
+has its own default), ``size`` (questions drawn before the split and de-duplication, default
+1000), ``shots`` (few-shot examples for base models, default 3), and any keyword of the dataset's
+config (``min_terms=2``, ...).
 """
 
 from __future__ import annotations
 
+import hashlib
 from functools import cached_property
 from typing import Any
 
@@ -18,7 +24,7 @@ from autodeco.evaluation.tasks.answers import extract_answer
 
 TEST_SEED = 20_260
 TRAIN_SEED = 7_777_777
-SHOT_SEED = 99_991  # few-shot examples: a third seed, filtered against the test problems
+SHOT_SEED = 99_991  # few-shot examples: a third seed, from the train half
 DEFAULT_SIZE = 1000
 OWN_OPTIONS = {"seed": int, "size": int, "shots": int, "split": str}
 
@@ -31,6 +37,11 @@ def _value(text: str) -> Any:
         except ValueError:
             pass
     return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def split_of(question: str) -> str:
+    """``test`` or ``train``: which half of the question space a question belongs to."""
+    return "test" if hashlib.blake2b(question.encode("utf-8"), digest_size=8).digest()[0] < 128 else "train"
 
 
 class ReasoningGymTask(Task):
@@ -58,23 +69,22 @@ class ReasoningGymTask(Task):
                 raise AutoDecoError(f"reasoning_gym cannot build {self.dataset_name!r} with {self.config or 'its default config'}: {error}") from error
         return self._datasets[seed]
 
-    def _test_questions(self) -> set[str]:
-        test = self._dataset(TEST_SEED if self.split == "train" else self.seed)
-        return {entry["question"] for entry in test}
+    def _entries(self, seed: int, split: str) -> list[tuple[int, dict]]:
+        """(index, entry) of the dataset drawn with ``seed`` whose questions lie in ``split``, each question once."""
+        kept, seen = [], set()
+        for index, entry in enumerate(self._dataset(seed)):
+            if entry["question"] not in seen and split_of(entry["question"]) == split:
+                seen.add(entry["question"])
+                kept.append((index, entry))
+        return kept
 
     def problems(self) -> list[Problem]:
-        entries = list(self._dataset(self.seed))
-        if self.split == "train":
-            held_out = self._test_questions()
-            entries = [e for e in entries if e["question"] not in held_out]
-        return [Problem(f"{self.seed}-{i}", e["question"], e) for i, e in enumerate(entries)]
+        return [Problem(f"{self.seed}-{i}", e["question"], e) for i, e in self._entries(self.seed, self.split)]
 
     @cached_property
     def few_shots(self) -> list[tuple[str, str]]:
-        """Worked examples from a third seed, none of them a test question."""
-        held_out = self._test_questions()
-        shots = [e for e in self._dataset(SHOT_SEED) if e["question"] not in held_out][: self.shots]
-        return [(e["question"], str(e["answer"])) for e in shots]
+        """Worked examples from a third seed and the train half: never a test question."""
+        return [(e["question"], str(e["answer"])) for _, e in self._entries(SHOT_SEED, "train")[: self.shots]]
 
     def prompt(self, problem: Problem, chat: bool) -> Prompt:
         if chat:
@@ -92,7 +102,7 @@ class ReasoningGymTask(Task):
         return Score(value is not None and float(value) >= 1.0, answer)
 
 
-@register_task("reasoning_gym")
+@register_task("reasoning_gym", has_train_split=True)
 def _reasoning_gym(argument: str | None, options: dict[str, str]) -> Task:
     if not argument:
         raise AutoDecoError("name the reasoning_gym dataset, e.g. reasoning_gym:basic_arithmetic")
