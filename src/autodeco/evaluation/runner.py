@@ -213,7 +213,7 @@ class Evaluator:
         todo = [[(p, s) for p, s in batch if not self._stored(task.name, decoding.key, p.id, s, digests[p.id])] for batch in batches]
         todo = [batch for batch in todo if batch]
         if todo:
-            with _ProgressBar(self.console, f"{task.name} · {decoding.key}", sum(len(b) for b in todo)) as advance:
+            with _ProgressBar(self.console, f"{decoding.key} · {task.name}", sum(len(b) for b in todo)) as advance:
                 for batch in todo:
                     records = self._generate(task, decoding, batch, prompts, digests)
                     self.store.append(records)
