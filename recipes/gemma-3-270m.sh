@@ -13,8 +13,11 @@ LETTERS="reasoning_gym:letter_counting"
 HELD_OUT="reasoning_gym:chain_sum,min_terms=2,max_terms=2,min_digits=1,max_digits=1"
 
 # 1. The base model's own answers (T=1, P=1) to training-split problems, verified, correct ones kept.
-autodeco sample-data --model gemma-3-270m --task "$ARITHMETIC,size=6000" --task "$LETTERS,size=3000" \
-  --problems 1000 --samples 6 --max-new-tokens 16 --batch-size 16 --out "$WORK/data.jsonl"
+autodeco sample-data --model gemma-3-270m --task "$ARITHMETIC,size=6000" --problems 1000 --samples 6 \
+  --max-new-tokens 16 --batch-size 16 --work "$WORK/samples" --out "$WORK/arithmetic.jsonl"
+autodeco sample-data --model gemma-3-270m --task "$LETTERS,size=3000" --problems 400 --samples 6 \
+  --max-new-tokens 16 --batch-size 16 --work "$WORK/samples" --out "$WORK/letters.jsonl"
+cat "$WORK/arithmetic.jsonl" "$WORK/letters.jsonl" > "$WORK/data.jsonl"
 
 # 2. Train the heads on the frozen base (both losses, DFT weights, easy-token masking).
 autodeco train --base gemma-3-270m --data "$WORK/data.jsonl" --out "$WORK/heads" \

@@ -52,3 +52,14 @@ def test_heads_are_found_by_shipped_name_or_path(tmp_path, monkeypatch, make_mod
 
     assert load_heads("tiny-heads").hidden_size == 64
 
+
+
+@pytest.mark.parametrize("name", sorted(models.shipped_heads()))
+def test_every_shipped_heads_folder_loads_and_has_a_model_card(name):
+    from autodeco.modeling import load_heads, read_autodeco_config
+
+    folder = models.shipped_heads()[name]
+    config = read_autodeco_config(folder)
+    heads = load_heads(name)
+    assert heads.hidden_size == config["temperature_hidden_size"] == config["hidden_size"]
+    assert config["base_model_name_or_path"] == name and (folder / "README.md").is_file()

@@ -213,6 +213,7 @@ def sample_data_command(
     model: Annotated[str, typer.Option(help="Base model: a folder, a hub id or an alias (gemma-3-270m).")],
     task: Annotated[list[str], typer.Option(help="Task with a training split, repeatable: reasoning_gym:NAME[,key=value].")],
     out_file: Annotated[Path, typer.Option("--out", help="Training JSONL to write (samples kept in OUT.samples/ for resuming).")],
+    work: Annotated[Optional[Path], typer.Option(help="Folder of the samples (default: OUT.samples); runs may share one.")] = None,
     problems: Annotated[int, typer.Option(help="Training problems per task.")] = 1000,
     samples: Annotated[int, typer.Option(help="Sampled answers per problem.")] = 4,
     temperature: Annotated[float, typer.Option(help="Sampling temperature (the base's default decoding: 1).")] = 1.0,
@@ -235,7 +236,7 @@ def sample_data_command(
         autodeco, tokenizer, settings = _load_for_sampling(model, None, prompt_style, max_new_tokens, seed, dtype, device, trust_remote_code)
         yields = sample_training_data(
             autodeco, tokenizer, settings, task, out_file, problems=problems, samples=samples, temperature=temperature,
-            top_p=top_p, batch_size=batch_size, console=err,
+            top_p=top_p, batch_size=batch_size, work=work, console=err,
         )
     except AutoDecoError as error:
         _fail(str(error))

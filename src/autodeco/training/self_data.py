@@ -61,14 +61,15 @@ def completion_ids(record: dict[str, Any], task: Task, tokenizer: Any, chat: boo
 
 def sample_training_data(
     model: Any, tokenizer: Any, settings: EvalSettings, task_specs: list[str], out: Path, *, problems: int, samples: int,
-    temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 16, console: Console | None = None,
+    temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 16, work: Path | None = None, console: Console | None = None,
 ) -> list[TaskYield]:
     """Sample ``samples`` answers to each of ``problems`` training problems per task, keep the
-    verified-correct ones in ``out`` (JSONL, written atomically) and return the yield per task."""
+    verified-correct ones in ``out`` (JSONL, written atomically) and return the yield per task.
+    The samples live in ``work`` (default ``OUT.samples``), which several runs may share."""
     console = console or Console(stderr=True)
     tasks = [training_task(spec) for spec in task_specs]
     decoding = static_decoding(temperature, top_p)
-    evaluator = Evaluator(model, tokenizer, settings, out.with_name(out.name + ".samples"), console)
+    evaluator = Evaluator(model, tokenizer, settings, work or out.with_name(out.name + ".samples"), console)
     plan = EvalPlan(tasks=tasks, strategies=[], samples=samples, batch_size=batch_size)
     lines, yields = [], []
     for task in tasks:
