@@ -75,6 +75,8 @@ def test_ragged_stopping_eos_and_per_request_lengths(make_model, tokenizer):
     model.llm.generation_config.eos_token_id = eos_token  # the third greedy token now ends the answer
     stopped, ragged = generate(model, tokenizer, PROMPTS[:2], [short, long])
     assert stopped.finish_reason == "stop" and stopped.token_ids == reference.token_ids[:2]
+    assert stopped.stop_token_id == eos_token  # the token that ended it is reported, not kept
+    assert reference.stop_token_id is None
     expected = other.token_ids[: other.token_ids.index(eos_token)] if eos_token in other.token_ids else other.token_ids
     assert ragged.token_ids == expected  # the other row runs on, unaffected
 
@@ -93,6 +95,16 @@ def test_stop_strings_end_the_answer_and_are_never_streamed(make_model, tokenize
     streamed = "".join(e.text for e in events)
     assert streamed == completion.text and stop not in streamed
     assert events[-1].finish_reason == "stop" and all(e.finish_reason is None for e in events[:-1])
+
+
+def test_a_token_wholly_inside_a_stop_string_is_reported_as_the_stop_token(make_model, tokenizer):
+    model = make_model("llama")
+    reference = generate(model, tokenizer, PROMPTS[2], SamplingParams(decoding="greedy", max_new_tokens=8))[0]
+    # the first token whose text is new: made the stop string, it ends the answer and is not part of it
+    index = next(i for i, t in enumerate(reference.tokens) if i and t.text and t.text not in "".join(x.text for x in reference.tokens[:i]))
+    ender = reference.tokens[index]
+    stopped = generate(model, tokenizer, PROMPTS[2], SamplingParams(decoding="greedy", max_new_tokens=8, stop=(ender.text,)))[0]
+    assert stopped.token_ids == reference.token_ids[:index] and stopped.stop_token_id == ender.token_id
 
 
 def test_stream_concatenates_to_generate(make_model, tokenizer):

@@ -33,12 +33,15 @@ class TokenTrace:
 @dataclass
 class Completion:
     """A finished answer: text (stop string and EOS removed), its tokens with T and P, and why it
-    ended: "stop" (EOS or a stop string) or "length" (max_new_tokens or the context limit)."""
+    ended: "stop" (EOS or a stop string) or "length" (max_new_tokens or the context limit).
+    ``stop_token_id`` is the sampled token that ended it when that token is not part of the
+    answer (EOS, or a token wholly inside the stop string, such as a newline)."""
 
     text: str
     tokens: list[TokenTrace]
     finish_reason: str
     prompt_tokens: int
+    stop_token_id: int | None = None
 
     @property
     def token_ids(self) -> list[int]:
@@ -71,6 +74,7 @@ class StreamEvent:
     tokens: list[TokenTrace]
     finish_reason: str | None
     prompt_tokens: int
+    stop_token_id: int | None = None
 
 
 @dataclass
@@ -206,7 +210,7 @@ def stream(
             traces = [TokenTrace(token, piece, step.temperatures[row], step.top_ps[row])] if keep else []
             text = rows[row].flushable(final=reason is not None)
             if text or traces or reason is not None:
-                yield StreamEvent(row, text, traces, reason, len(token_ids[row]))
+                yield StreamEvent(row, text, traces, reason, len(token_ids[row]), None if keep or reason != "stop" else token)
 
 
 def _as_prompt_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
@@ -232,4 +236,5 @@ def generate(
         completion.tokens.extend(event.tokens)
         completion.finish_reason = event.finish_reason or completion.finish_reason
         completion.prompt_tokens = event.prompt_tokens
+        completion.stop_token_id = event.stop_token_id if event.stop_token_id is not None else completion.stop_token_id
     return completions

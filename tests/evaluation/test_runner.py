@@ -53,7 +53,7 @@ def test_results_have_the_documented_shape(make_model, tokenizer, tmp_path):
     assert metrics["greedy"]["samples"] == 1 and metrics["default"]["samples"] == 3
     assert metrics["static:0.5,0.9"]["mean_temperature"] == pytest.approx(0.5)
     records = [json.loads(line) for line in (tmp_path / SAMPLES_NAME).read_text().splitlines()]
-    autodeco = [r for r in records if r["decoding"] == "autodeco"]
+    autodeco = [r for r in records if r["decoding"].startswith("autodeco@heads:")]
     assert len(autodeco) == 18 and all(len(r["temperatures"]) == len(r["token_ids"]) == len(r["pieces"]) for r in autodeco)
     mean_t = sum(t for r in autodeco for t in r["temperatures"]) / sum(len(r["temperatures"]) for r in autodeco)
     assert metrics["mean"]["params"]["temperature"] == pytest.approx(round(mean_t, 3))
@@ -126,3 +126,17 @@ def test_samples_made_from_another_prompt_are_made_again(make_model, tokenizer, 
     assert len(calls) == 2  # both batches of 4 and 2 problems again
     Evaluator(make_model(), tokenizer, SETTINGS, tmp_path).run(plan("greedy"))
     assert len(calls) == 2  # and now they are on disk
+
+
+def test_new_heads_reuse_the_baselines_and_redo_only_what_reads_the_heads(make_model, tokenizer, tmp_path, monkeypatch):
+    first = Evaluator(make_model(), tokenizer, SETTINGS, tmp_path).run(plan("greedy,default,autodeco"))["parity"]
+    calls = []
+    real_generate = runner_module.generate
+    monkeypatch.setattr(runner_module, "generate", lambda *a, **k: calls.append(k or a[3]) or real_generate(*a, **k))
+    other_heads = EvalSettings(**{**SETTINGS.__dict__, "heads": "other-heads", "heads_sha256": "f" * 64})
+    second = Evaluator(make_model(seed=5), tokenizer, other_heads, tmp_path).run(plan("greedy,default,autodeco"))["parity"]
+    assert len(calls) == 5 and all(p.decoding == "autodeco" for params in calls for p in params)  # 18 samples in batches of 4
+    assert without_timing({"t": {k: first[k] for k in ("greedy", "default")}}) == without_timing({"t": {k: second[k] for k in ("greedy", "default")}})
+    assert second["autodeco"]["mean_temperature"] != first["autodeco"]["mean_temperature"]
+    keys = {json.loads(line)["decoding"] for line in (tmp_path / SAMPLES_NAME).read_text().splitlines()}
+    assert keys == {"greedy", "static:1,1", f"autodeco@heads:{SETTINGS.heads_id}", "autodeco@heads:ffffffffffff"}

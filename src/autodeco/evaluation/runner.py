@@ -38,7 +38,8 @@ RUN_NAME = "run.json"
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """What shapes the samples; a resumed run must match it."""
+    """What shapes the samples. A resumed run must match it, except for the heads: samples that
+    used the heads are filed under the heads' fingerprint, so new heads reuse every baseline."""
 
     model: str
     heads: str | None
@@ -47,6 +48,15 @@ class EvalSettings:
     max_new_tokens: int
     seed: int
     dtype: str
+
+    def identity(self) -> dict[str, Any]:
+        """The settings every sample depends on (the heads matter only to some)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("heads", "heads_sha256")}
+
+    @property
+    def heads_id(self) -> str:
+        """A short fingerprint of the heads (their weights' sha256, else their path)."""
+        return (self.heads_sha256 or hashlib.sha256(str(self.heads).encode()).hexdigest())[:12]
 
 
 @dataclass(frozen=True)
@@ -132,14 +142,14 @@ class SampleStore:
 def check_settings(out: Path, settings: EvalSettings) -> None:
     """Write ``run.json`` on the first run; on later runs refuse settings that differ."""
     path = out / RUN_NAME
-    current = asdict(settings)
+    current = settings.identity()
     if path.is_file():
         previous = json.loads(path.read_text())
         changed = [f"{key}: {previous.get(key)!r} then, {value!r} now" for key, value in current.items() if previous.get(key) != value]
         if changed:
             raise AutoDecoError(
                 f"{out} holds samples made with other settings ({'; '.join(changed)}); "
-                "use a new --out, or the same settings to resume"
+                "use a new --out, or the same settings to resume (other heads are fine)"
             )
     else:
         atomic_write_text(json.dumps(current, indent=2) + "\n", path)
@@ -210,7 +220,8 @@ class Evaluator:
         digests = {pid: prompt_digest(prompt) for pid, prompt in prompts.items()}
         items = [(problem, sample) for problem in problems for sample in range(samples)]
         batches = [items[i:i + plan.batch_size] for i in range(0, len(items), plan.batch_size)]
-        todo = [[(p, s) for p, s in batch if not self._stored(task.name, decoding.key, p.id, s, digests[p.id])] for batch in batches]
+        key = self._filed_under(decoding)
+        todo = [[(p, s) for p, s in batch if not self._stored(task.name, key, p.id, s, digests[p.id])] for batch in batches]
         todo = [batch for batch in todo if batch]
         if todo:
             with _ProgressBar(self.console, f"{decoding.key} · {task.name}", sum(len(b) for b in todo)) as advance:
@@ -218,9 +229,13 @@ class Evaluator:
                     records = self._generate(task, decoding, batch, prompts, digests)
                     self.store.append(records)
                     advance(len(batch), sum(len(r["token_ids"]) for r in records))
-        records = [self.store.get(task.name, decoding.key, p.id, s) for p, s in items]
+        records = [self.store.get(task.name, key, p.id, s) for p, s in items]
         self.used.update((SampleStore.key(r), r) for r in records)
         return records
+
+    def _filed_under(self, decoding: Decoding) -> str:
+        """The store key of a decoding's samples: with the heads' fingerprint if it uses them."""
+        return f"{decoding.key}@heads:{self.settings.heads_id}" if decoding.uses_heads else decoding.key
 
     def _stored(self, task: str, decoding: str, problem: str, sample: int, digest: str) -> bool:
         """A record exists and was made from the same prompt (a changed prompt builder redoes it)."""
@@ -241,10 +256,11 @@ class Evaluator:
         for (problem, sample), completion, param in zip(batch, completions, params):
             score = task.score(problem, completion.text)
             records.append({
-                "task": task.name, "decoding": decoding.key, "problem": problem.id, "sample": sample, "seed": param.seed,
+                "task": task.name, "decoding": self._filed_under(decoding), "problem": problem.id, "sample": sample, "seed": param.seed,
                 "prompt_sha": digests[problem.id],
                 "text": completion.text, "answer": score.answer, "answered": score.answer is not None,
                 "correct": bool(score.correct), "extras": score.extras, "finish_reason": completion.finish_reason,
+                "stop_token_id": completion.stop_token_id,
                 "token_ids": completion.token_ids, "pieces": [t.text for t in completion.tokens],
                 "temperatures": [round(t, 4) for t in completion.temperatures], "top_ps": [round(p, 4) for p in completion.top_ps],
                 "seconds": seconds,

@@ -50,13 +50,11 @@ def training_task(spec: str) -> Task:
     return load_task(spec if "split" in options else f"{spec},split=train")
 
 
-def completion_ids(record: dict[str, Any], task: Task, tokenizer: Any, chat: bool) -> list[int]:
-    """The sampled tokens plus the token(s) that ended the answer, so the heads also learn to stop."""
-    ending: list[int] = []
-    if record["finish_reason"] == "stop":
-        stops = task.stop(chat)
-        ending = tokenizer(stops[0], add_special_tokens=False)["input_ids"] if stops else [tokenizer.eos_token_id]
-    return list(record["token_ids"]) + [t for t in ending if t is not None]
+def completion_ids(record: dict[str, Any]) -> list[int]:
+    """The sampled tokens plus the sampled token that ended the answer (EOS or the newline token
+    of a stop string, exactly as sampled), so the heads also learn how the model stops."""
+    ending = record.get("stop_token_id")
+    return list(record["token_ids"]) + ([ending] if ending is not None else [])
 
 
 def sample_training_data(
@@ -82,7 +80,7 @@ def sample_training_data(
             prompt = task.prompt(problem, settings.chat)
             lines.append(json.dumps({
                 "prompt_ids": encode_prompts(tokenizer, [prompt], chat=settings.chat)[0],
-                "completion_ids": completion_ids(record, task, tokenizer, settings.chat),
+                "completion_ids": completion_ids(record),
                 "prompt": prompt if isinstance(prompt, str) else None, "completion": record["text"],
                 "task": task.name, "problem": record["problem"], "sample": record["sample"],
             }, ensure_ascii=False))
