@@ -24,7 +24,7 @@ autodeco train --base gemma-3-270m --data "$WORK/data.jsonl" --out "$WORK/heads"
   --epochs 4 --lr 5e-4 --batch-size 16 --max-length 256 --cache-features --checkpoint-every 50 --seed 0 \
   $( [ -d "$WORK/heads/checkpoints" ] && echo --resume )
 
-# 3. Held-out problems of the training tasks and a task not trained on, against every baseline.
-autodeco eval --model gemma-3-270m --heads "$WORK/heads" --task "$ARITHMETIC" --task "$LETTERS" --task "$HELD_OUT" \
-  --strategies greedy,default,oracle,mean,autodeco --oracle-temperatures 0.2,0.4,0.6,0.8,1.0 --oracle-top-ps 0.7,0.8,0.9,1.0 \
+# 3. Held-out problems of a training task and a task not trained on, against every baseline.
+autodeco eval --model gemma-3-270m --heads "$WORK/heads" --task "$ARITHMETIC" --task "$HELD_OUT" \
+  --strategies greedy,default,oracle,mean,autodeco --oracle-temperatures 0.2,0.4,0.6,0.8,1.0 --oracle-top-ps 0.8,0.9,1.0 \
   --samples 4 --limit 200 --batch-size 16 --max-new-tokens 16 --out "$WORK/eval"

@@ -1,0 +1,11 @@
+#!/bin/sh
+while pgrep -f resample.py > /dev/null; do sleep 5; done
+cd /work/main
+export MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=17179869184
+W=/root/recipe-work/gemma-3-270m
+.venv/bin/autodeco train --base gemma-3-270m --data $W/data2.jsonl --out $W/heads2 --epochs 4 --lr 5e-4 --batch-size 16 --max-length 256 --cache-features --checkpoint-every 50 --seed 0 > $W/train2.log 2>&1
+ARITHMETIC="reasoning_gym:basic_arithmetic,min_terms=2,max_terms=2,min_digits=1,max_digits=1"
+HELD_OUT="reasoning_gym:chain_sum,min_terms=2,max_terms=2,min_digits=1,max_digits=1"
+.venv/bin/autodeco eval --model gemma-3-270m --heads $W/heads2 --task "$ARITHMETIC" --task "$HELD_OUT" \
+  --strategies greedy,default,oracle,mean,autodeco --oracle-temperatures 0.2,0.4,0.6,0.8,1.0 --oracle-top-ps 0.8,0.9,1.0 \
+  --samples 4 --limit 200 --batch-size 16 --max-new-tokens 16 --out $W/eval > $W/eval2.log 2>&1
