@@ -1,8 +1,7 @@
 """One-off: re-sample (same seeds) only the training problems that had a correct sample, with the
 engine that records the sampled stop token, and write data2.jsonl."""
-import json, sys
+import json
 from pathlib import Path
-import torch
 from autodeco import AutoDecoModelForCausalLM
 from autodeco.evaluation.runner import EvalSettings
 from autodeco.models import load_tokenizer
