@@ -25,6 +25,11 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+# options that several commands share
+DtypeOption = Annotated[str, typer.Option(help=f"Weights dtype: {', '.join(DTYPES)}.")]
+DeviceOption = Annotated[Optional[str], typer.Option(help="Device, e.g. cpu or cuda.")]
+TrustOption = Annotated[bool, typer.Option(help="Run code shipped with the model (off unless you trust it).")]
+PromptStyleOption = Annotated[str, typer.Option(help="auto (chat template if the tokenizer has one), few-shot, or chat.")]
 
 
 def _fail(message: str) -> None:
@@ -107,9 +112,9 @@ def generate_command(
     chat: Annotated[bool, typer.Option(help="Wrap the prompt in the tokenizer's chat template.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: text, finish_reason, tokens with T and P.")] = False,
     color: Annotated[bool, typer.Option(help="Colour each streamed token by its temperature (blue = low, red = high).")] = False,
-    dtype: Annotated[str, typer.Option(help=f"Weights dtype: {', '.join(DTYPES)}.")] = "auto",
-    device: Annotated[Optional[str], typer.Option(help="Device, e.g. cpu or cuda.")] = None,
-    trust_remote_code: Annotated[bool, typer.Option(help="Run code shipped with the model (off unless you trust it).")] = False,
+    dtype: DtypeOption = "auto",
+    device: DeviceOption = None,
+    trust_remote_code: TrustOption = False,
 ) -> None:
     """Generate a completion, decoding with the learned per-token temperature and top-p."""
     try:
@@ -220,11 +225,11 @@ def sample_data_command(
     top_p: Annotated[float, typer.Option(help="Sampling top-p.")] = 1.0,
     batch_size: Annotated[int, typer.Option(help="Sequences decoded together.")] = 16,
     max_new_tokens: Annotated[int, typer.Option(help="Most new tokens per answer.")] = 64,
-    prompt_style: Annotated[str, typer.Option(help="auto (chat template if the tokenizer has one), few-shot, or chat.")] = "auto",
+    prompt_style: PromptStyleOption = "auto",
     seed: Annotated[int, typer.Option(help="Seed of every sample.")] = 0,
-    dtype: Annotated[str, typer.Option(help=f"Weights dtype: {', '.join(DTYPES)}.")] = "auto",
-    device: Annotated[Optional[str], typer.Option(help="Device, e.g. cpu or cuda.")] = None,
-    trust_remote_code: Annotated[bool, typer.Option(help="Run code shipped with the model (off unless you trust it).")] = False,
+    dtype: DtypeOption = "auto",
+    device: DeviceOption = None,
+    trust_remote_code: TrustOption = False,
 ) -> None:
     """Sample the base model's own answers to training problems and keep the verified-correct ones (resumable)."""
     from autodeco.training.self_data import sample_training_data, training_task, yield_table
@@ -255,13 +260,13 @@ def eval_command(
     limit: Annotated[Optional[int], typer.Option(help="Use the first K problems of each task.")] = None,
     batch_size: Annotated[int, typer.Option(help="Sequences decoded together.")] = 8,
     max_new_tokens: Annotated[int, typer.Option(help="Most new tokens per answer.")] = 256,
-    prompt_style: Annotated[str, typer.Option(help="auto (chat template if the tokenizer has one), few-shot, or chat.")] = "auto",
+    prompt_style: PromptStyleOption = "auto",
     oracle_temperatures: Annotated[str, typer.Option(help="The oracle's T grid (at P=1).")] = ",".join(map(str, DEFAULT_ORACLE_TEMPERATURES)),
     oracle_top_ps: Annotated[str, typer.Option(help="The oracle's P grid (at the best T).")] = ",".join(map(str, DEFAULT_ORACLE_TOP_PS)),
     seed: Annotated[int, typer.Option(help="Seed of every sample (the same for all strategies).")] = 0,
-    dtype: Annotated[str, typer.Option(help=f"Weights dtype: {', '.join(DTYPES)}.")] = "auto",
-    device: Annotated[Optional[str], typer.Option(help="Device, e.g. cpu or cuda.")] = None,
-    trust_remote_code: Annotated[bool, typer.Option(help="Run code shipped with the model (off unless you trust it).")] = False,
+    dtype: DtypeOption = "auto",
+    device: DeviceOption = None,
+    trust_remote_code: TrustOption = False,
 ) -> None:
     """Evaluate decoding strategies on tasks, with standard errors; resumes an interrupted run."""
     import time
@@ -319,7 +324,7 @@ def demo(
     heads: Annotated[Path, typer.Option(help="Heads folder or shipped heads name.")] = Path(DEFAULT_HEADS),
     html: Annotated[Path, typer.Option(help="Where to write the HTML page (every token with its T and P on hover, and a plot).")] = Path("autodeco-demo.html"),
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
-    dtype: Annotated[str, typer.Option(help=f"Weights dtype: {', '.join(DTYPES)}.")] = "auto",
+    dtype: DtypeOption = "auto",
 ) -> None:
     """Answer a few prompts with the learned per-token T and P: coloured text, mean T and P, an HTML page."""
     from autodeco.models import resolve_model

@@ -1,6 +1,6 @@
 """Tiny, randomly initialised models of real architectures and a tiny real tokenizer.
 
-For tests and the placeholder demo: they run in milliseconds on a CPU and need no network. Each is
+For tests: they run in milliseconds on a CPU and need no network. Each is
 the real transformers class, built from a config with small dimensions.
 """
 
