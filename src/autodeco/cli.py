@@ -301,10 +301,7 @@ def print_stream(events, color: bool) -> Completion:
     answer = Completion("", [], "", 0)
     for event in events:
         event: StreamEvent
-        answer.text += event.text
-        answer.tokens.extend(event.tokens)
-        answer.finish_reason = event.finish_reason or answer.finish_reason
-        answer.prompt_tokens = event.prompt_tokens
+        answer.add(event)
         if color:
             for token in event.tokens:
                 out.print(Text(token.text, style=temperature_color(token.temperature)), end="")
@@ -312,9 +309,7 @@ def print_stream(events, color: bool) -> Completion:
             out.print(Text(event.text), end="")
     out.print()
     if answer.tokens:
-        mean_t = sum(answer.temperatures) / len(answer.tokens)
-        mean_p = sum(answer.top_ps) / len(answer.tokens)
-        err.print(f"[dim]{len(answer.tokens)} tokens, finish: {answer.finish_reason}, mean T {mean_t:.3f}, mean P {mean_p:.3f}[/]")
+        err.print(f"[dim]{len(answer.tokens)} tokens, finish: {answer.finish_reason}, mean T {answer.mean_temperature:.3f}, mean P {answer.mean_top_p:.3f}[/]")
     return answer
 
 

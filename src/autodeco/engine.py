@@ -43,6 +43,23 @@ class Completion:
     prompt_tokens: int
     stop_token_id: int | None = None
 
+    def add(self, event: "StreamEvent") -> None:
+        """Fold one streamed event of this answer into it."""
+        self.text += event.text
+        self.tokens.extend(event.tokens)
+        self.finish_reason = event.finish_reason or self.finish_reason
+        self.prompt_tokens = event.prompt_tokens
+        if event.stop_token_id is not None:
+            self.stop_token_id = event.stop_token_id
+
+    @property
+    def mean_temperature(self) -> float:
+        return sum(self.temperatures) / len(self.tokens) if self.tokens else 0.0
+
+    @property
+    def mean_top_p(self) -> float:
+        return sum(self.top_ps) / len(self.tokens) if self.tokens else 0.0
+
     @property
     def token_ids(self) -> list[int]:
         return [t.token_id for t in self.tokens]
@@ -231,10 +248,5 @@ def generate(
     prompt_list = _as_prompt_list(prompts)
     completions = [Completion("", [], "", 0) for _ in prompt_list]
     for event in stream(model, tokenizer, prompt_list, params, chat=chat):
-        completion = completions[event.index]
-        completion.text += event.text
-        completion.tokens.extend(event.tokens)
-        completion.finish_reason = event.finish_reason or completion.finish_reason
-        completion.prompt_tokens = event.prompt_tokens
-        completion.stop_token_id = event.stop_token_id if event.stop_token_id is not None else completion.stop_token_id
+        completions[event.index].add(event)
     return completions

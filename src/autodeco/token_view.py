@@ -47,8 +47,6 @@ def answers_html(answers: Sequence[ShownAnswer], heading: str) -> str:
     sections = []
     for answer in answers:
         c = answer.completion
-        mean_t = sum(c.temperatures) / len(c.tokens) if c.tokens else 0.0
-        mean_p = sum(c.top_ps) / len(c.tokens) if c.tokens else 0.0
         plot = ""
         if len(c.tokens) >= 2:
             figure = token_trace_figure([t.text for t in c.tokens], c.temperatures, c.top_ps, answer.title)
@@ -56,7 +54,7 @@ def answers_html(answers: Sequence[ShownAnswer], heading: str) -> str:
         sections.append(
             f"<section><h2>{html.escape(answer.title)}</h2><pre class='prompt'>{html.escape(answer.prompt)}</pre>"
             f"<p class='answer'>{_token_spans(c)}</p>"
-            f"<p class='stats'>{len(c.tokens)} tokens · mean T {mean_t:.3f} · mean P {mean_p:.3f} · finish: {c.finish_reason}</p>{plot}</section>"
+            f"<p class='stats'>{len(c.tokens)} tokens · mean T {c.mean_temperature:.3f} · mean P {c.mean_top_p:.3f} · finish: {c.finish_reason}</p>{plot}</section>"
         )
     style = (
         "body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}"

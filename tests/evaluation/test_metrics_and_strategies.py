@@ -66,7 +66,7 @@ def test_strategy_grammar_keeps_argument_commas_and_shares_equal_decodings():
     assert by_label["min_p:0.1"].decoding.params.min_p == 0.1
     assert by_label["dynatemp:0.3,1.2,2"].decoding.params.dynatemp_exponent == 2.0
     assert by_label["autodeco:t_max=1.2,top_p_scale=0.9"].decoding.params.top_p_scale == 0.9
-    assert by_label["mean"].needs == ("autodeco",) and by_label["oracle"].decoding is None
+    assert by_label["mean"].uses_heads and not by_label["oracle"].uses_heads and by_label["oracle"].decoding is None
     assert parse_strategies("static:0,1")[0].decoding.deterministic
 
 

@@ -166,9 +166,10 @@ class Evaluator:
         check_settings(out, settings)
         self.store = SampleStore(out / SAMPLES_NAME)
         self.used: dict[tuple[str, str, str, int], dict[str, Any]] = {}  # the records behind the results
+        self._prompts: dict[tuple[str, str], tuple[Any, str]] = {}  # (task, problem) -> (prompt, fingerprint), built once
 
     def run(self, plan: EvalPlan) -> dict[str, dict[str, dict[str, Any]]]:
-        if any(s.kind == "mean" or (s.decoding and s.decoding.uses_heads) for s in plan.strategies) and self.settings.heads is None:
+        if any(s.uses_heads for s in plan.strategies) and self.settings.heads is None:
             raise AutoDecoError("strategies autodeco and mean need the learned T and P: pass --heads (or drop them)")
         results = {}
         for task in plan.tasks:
@@ -216,8 +217,8 @@ class Evaluator:
     def samples(self, task: Task, problems: list[Problem], decoding: Decoding, plan: EvalPlan) -> list[dict[str, Any]]:
         """All records of ``decoding`` on these problems, generating the missing ones."""
         samples = 1 if decoding.deterministic else plan.samples
-        prompts = {p.id: task.prompt(p, self.settings.chat) for p in problems}
-        digests = {pid: prompt_digest(prompt) for pid, prompt in prompts.items()}
+        prompts = {p.id: self._prompt(task, p) for p in problems}
+        digests = {pid: digest for pid, (_, digest) in prompts.items()}
         items = [(problem, sample) for problem in problems for sample in range(samples)]
         batches = [items[i:i + plan.batch_size] for i in range(0, len(items), plan.batch_size)]
         key = self._filed_under(decoding)
@@ -226,7 +227,7 @@ class Evaluator:
         if todo:
             with _ProgressBar(self.console, f"{decoding.key} · {task.name}", sum(len(b) for b in todo)) as advance:
                 for batch in todo:
-                    records = self._generate(task, decoding, batch, prompts, digests)
+                    records = self._generate(task, decoding, batch, prompts)
                     self.store.append(records)
                     advance(len(batch), sum(len(r["token_ids"]) for r in records))
         records = [self.store.get(task.name, key, p.id, s) for p, s in items]
@@ -237,12 +238,20 @@ class Evaluator:
         """The store key of a decoding's samples: with the heads' fingerprint if it uses them."""
         return f"{decoding.key}@heads:{self.settings.heads_id}" if decoding.uses_heads else decoding.key
 
+    def _prompt(self, task: Task, problem: Problem) -> tuple[Any, str]:
+        """The problem's prompt and its fingerprint, built once for all decodings."""
+        key = (task.name, problem.id)
+        if key not in self._prompts:
+            prompt = task.prompt(problem, self.settings.chat)
+            self._prompts[key] = (prompt, prompt_digest(prompt))
+        return self._prompts[key]
+
     def _stored(self, task: str, decoding: str, problem: str, sample: int, digest: str) -> bool:
         """A record exists and was made from the same prompt (a changed prompt builder redoes it)."""
         return self.store.has(task, decoding, problem, sample) and self.store.get(task, decoding, problem, sample).get("prompt_sha") == digest
 
     def _generate(
-        self, task: Task, decoding: Decoding, batch: list[tuple[Problem, int]], prompts: dict[str, Any], digests: dict[str, str]
+        self, task: Task, decoding: Decoding, batch: list[tuple[Problem, int]], prompts: dict[str, tuple[Any, str]]
     ) -> list[dict[str, Any]]:
         params = [
             replace(decoding.params, max_new_tokens=self.settings.max_new_tokens, stop=task.stop(self.settings.chat),
@@ -250,14 +259,14 @@ class Evaluator:
             for problem, sample in batch
         ]
         started = time.perf_counter()
-        completions = generate(self.model, self.tokenizer, [prompts[p.id] for p, _ in batch], params)
+        completions = generate(self.model, self.tokenizer, [prompts[p.id][0] for p, _ in batch], params)
         seconds = (time.perf_counter() - started) / len(batch)
         records = []
         for (problem, sample), completion, param in zip(batch, completions, params):
             score = task.score(problem, completion.text)
             records.append({
                 "task": task.name, "decoding": self._filed_under(decoding), "problem": problem.id, "sample": sample, "seed": param.seed,
-                "prompt_sha": digests[problem.id],
+                "prompt_sha": prompts[problem.id][1],
                 "text": completion.text, "answer": score.answer, "answered": score.answer is not None,
                 "correct": bool(score.correct), "extras": score.extras, "finish_reason": completion.finish_reason,
                 "stop_token_id": completion.stop_token_id,

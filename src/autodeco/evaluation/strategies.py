@@ -11,7 +11,7 @@ at the best T; tuned on the test set, and flagged so) and ``mean`` (static at th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from autodeco.errors import AutoDecoError
 from autodeco.sampling import SamplingParams
@@ -43,7 +43,7 @@ class Decoding:
     def settings(self) -> dict[str, float | str]:
         """What a report shows as this decoding's parameters."""
         p = self.params
-        if p.decoding == "greedy" or p.is_greedy:
+        if p.is_greedy:
             return {"decoding": "greedy"}
         if p.decoding == "autodeco":
             return {"decoding": "autodeco", **{name: getattr(p, name) for name in AUTODECO_OPTIONS if getattr(p, name) != getattr(SamplingParams(), name)}}
@@ -63,7 +63,11 @@ class Strategy:
     label: str
     kind: str
     decoding: Decoding | None = None
-    needs: tuple[str, ...] = field(default_factory=tuple)  # labels of strategies it derives from
+
+    @property
+    def uses_heads(self) -> bool:
+        """Needs the learned T and P: autodeco itself, or mean (derived from autodeco's samples)."""
+        return self.kind == "mean" or (self.decoding is not None and self.decoding.uses_heads)
 
 
 def _number(text: str, what: str) -> float:
@@ -154,7 +158,7 @@ def parse_strategies(text: str) -> list[Strategy]:
         if kind in DERIVED_KINDS:
             if args:
                 raise AutoDecoError(f"strategy {kind!r} takes no arguments (set the oracle's grids with --oracle-temperatures/--oracle-top-ps)")
-            strategies.append(Strategy(label, kind, needs=("autodeco",) if kind == "mean" else ()))
+            strategies.append(Strategy(label, kind))
         else:
             try:
                 decoding = _fixed(kind, args, label)
