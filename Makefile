@@ -31,10 +31,11 @@ demo: $(VENV)/.installed-gemma
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest
 
-# glibc keeps freed buffers instead of unmapping them: see benchmarks/decode_overhead.py
+# glibc keeps freed buffers instead of unmapping them: see benchmarks/decode_speed.py
 BENCH_ENV := MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=17179869184
-bench: $(VENV)/.installed-dev
-	$(BENCH_ENV) $(BIN)/python benchmarks/decode_overhead.py
+bench: $(VENV)/.installed-dev $(VENV)/.installed-gemma
+	$(BENCH_ENV) $(BIN)/python benchmarks/decode_speed.py
+	$(BENCH_ENV) $(BIN)/python benchmarks/decode_speed.py --model llama-152k --name llama-152k
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

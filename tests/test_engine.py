@@ -179,3 +179,28 @@ def test_incremental_detokenisation_matches_a_full_decode(tokenizer):
         pieces.append(row.last_piece)
         assert "\ufffd" not in row.decoded  # a split character waits for the token that completes it
     assert row.decoded == tokenizer.decode(ids, skip_special_tokens=True) == "".join(pieces)
+
+
+def test_sampling_reuses_the_heads_softmax_and_draws_the_same_tokens(make_model, tokenizer, monkeypatch):
+    from autodeco import sampling as sampling_module
+    from autodeco.decoding import prefill, sample_step
+    from autodeco.sampling import BatchedSampling
+
+    model = make_model("llama")
+    ids, mask = left_pad([tokenizer(p).input_ids for p in PROMPTS], pad_token_id=0)
+    out = prefill(model, ids, mask)
+    assert out.probs is not None and bool((out.temperature[:, -1] >= 0.25).all())  # T + 1e-8 rounds to T
+    sampling = BatchedSampling.from_params([SamplingParams()] * len(PROMPTS))
+    computed = []
+    original = sampling_module._probabilities
+    monkeypatch.setattr(sampling_module, "_probabilities", lambda *args: computed.append(1) or original(*args))
+    for step in range(20):
+        seeds = torch.arange(len(PROMPTS)) * 7919 + step
+        shared = sample_step(out, sampling, seeds, step)
+        assert computed == []  # the heads' softmax was used
+        recomputed = sample_step(out.__class__(**{**out, "probs": None}), sampling, seeds, step)
+        assert computed and torch.equal(shared[0], recomputed[0])
+        computed.clear()
+    scaled = BatchedSampling.from_params([SamplingParams(temperature_scale=0.9)] * len(PROMPTS))
+    sample_step(out, scaled, torch.arange(len(PROMPTS)), 0)
+    assert computed  # another T: the sampler takes its own softmax

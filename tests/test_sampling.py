@@ -15,7 +15,18 @@ from transformers.generation.logits_process import (
 )
 
 from autodeco import AutoDecoError, SamplingParams, sample_tokens, top_p_probs
-from autodeco.sampling import BatchedSampling, apply_user_controls, counter_uniforms, entropy_temperature
+from autodeco.sampling import (
+    CANDIDATES,
+    BatchedSampling,
+    _draw,
+    _full_nucleus,
+    _probabilities,
+    apply_user_controls,
+    counter_uniforms,
+    entropy_temperature,
+    row_argmax,
+    top_candidates,
+)
 
 P_VALUE_FLOOR = 1e-3  # chi-square/KS tests: fixed seeds, reject the sampler only below this p-value
 
@@ -125,6 +136,124 @@ def test_sample_tokens_matches_top_p_probs_chi_square(temperature, top_p):
     generator_draws = sample_tokens(rows, t, p, generator=torch.Generator().manual_seed(4))
     assert _chi_square(counter_draws, probs) > P_VALUE_FLOOR
     assert _chi_square(generator_draws, probs) > P_VALUE_FLOOR
+
+
+def _binned_chi_square(tokens: torch.Tensor, probs: torch.Tensor, min_expected: float = 20.0) -> float:
+    """Chi-square p-value of draws against ``probs [V]``, the support grouped (most likely
+    first) into bins expected to hold at least ``min_expected`` draws each."""
+    counts = torch.bincount(tokens, minlength=probs.numel()).double()
+    support = probs > 0
+    assert counts[~support].sum() == 0, "sampled a token outside the nucleus"
+    order = probs.double().argsort(descending=True)[: int(support.sum())]
+    expected = probs.double()[order] / probs.double()[order].sum() * counts.sum()
+    bins = (expected.cumsum(0) / min_expected).floor().long().clamp_max(int(counts.sum() / min_expected) - 1)
+    bins = bins.unique(return_inverse=True)[1]  # a very likely token spans several bins: close the gaps
+    observed_bins = torch.zeros(int(bins.max()) + 1, dtype=torch.float64).index_add_(0, bins, counts[order])
+    expected_bins = torch.zeros_like(observed_bins).index_add_(0, bins, expected)
+    if observed_bins.numel() == 1:
+        return 1.0
+    return stats.chisquare(observed_bins.numpy(), expected_bins.numpy()).pvalue
+
+
+def _adversarial_rows(vocab: int) -> dict[str, tuple[torch.Tensor, float, float, int, float, range]]:
+    """Rows (logits, T, top_p, top_k, min_p, the nucleus sizes expected) that take every path of
+    the fast sampler."""
+    generator = torch.Generator().manual_seed(11)
+    base = torch.randn(vocab, generator=generator)
+    straddling = base * 0.1 - 20.0  # the top token, then 100 tied tokens across the first list's end
+    straddling[0], straddling[1:101] = 6.0, 1.0
+    medium = base * 0.1
+    medium[: CANDIDATES * 4] += 12.0 + torch.linspace(0, 1, CANDIDATES * 4)  # a nucleus of a few hundred tokens
+    return {
+        "flat: threshold list": (base * 0.3, 1.0, 0.9, 0, 0.0, range(2049, vocab)),
+        "peaked: first list": (base * 4.0, 0.7, 0.9, 0, 0.0, range(2, CANDIDATES)),
+        "a few hundred: threshold list": (medium, 1.0, 0.8, 0, 0.0, range(CANDIDATES + 1, 2048)),
+        "ties straddle the first list's end": (straddling, 1.0, 0.7, 0, 0.0, range(101, 102)),
+        "top_p near 0": (base * 2.0, 1.0, 1e-6, 0, 0.0, range(1, 2)),
+        "top_p near 1": (base * 4.0, 1.0, 0.999999, 0, 0.0, range(2049, vocab)),
+        "T near 0": (base * 2.0, 0.01, 0.9, 0, 0.0, range(1, 2)),
+        "top_k past the first list": (base * 3.0, 1.0, 0.95, 3 * CANDIDATES, 0.0, range(CANDIDATES + 1, 3 * CANDIDATES)),
+        "top_k of 4000": (base * 3.0, 1.0, 0.95, 4000, 0.0, range(CANDIDATES + 1, 4000)),
+        "min_p alone": (base * 3.0, 1.0, 1.0, 0, 0.05, range(2, CANDIDATES)),
+        "no filter: vocabulary order": (base * 2.0, 1.3, 1.0, 0, 0.0, range(vocab, vocab + 1)),
+    }
+
+
+def _sample_rows(logits, temperature, top_p, top_k, min_p, uniforms):
+    draws = uniforms.numel()
+    rows = logits.unsqueeze(0).expand(draws, -1)
+    return sample_tokens(
+        rows, torch.full((draws,), temperature), torch.full((draws,), top_p),
+        top_k=torch.full((draws,), top_k) if top_k else None, min_p=torch.full((draws,), min_p) if min_p else None,
+        uniforms=uniforms,
+    )
+
+
+@pytest.mark.parametrize("name", list(_adversarial_rows(16_384)))
+def test_fast_sampler_matches_top_p_probs_on_adversarial_rows_chi_square(name):
+    logits, temperature, top_p, top_k, min_p, nucleus_sizes = _adversarial_rows(16_384)[name]
+    kwargs = dict(top_k=torch.tensor([top_k]) if top_k else None, min_p=torch.tensor([min_p]) if min_p else None)
+    probs = top_p_probs(logits.unsqueeze(0), torch.tensor([temperature]), torch.tensor([top_p]), **kwargs)[0]
+    assert int((probs > 0).sum()) in nucleus_sizes  # the row takes the path it is named for
+    uniforms = counter_uniforms(torch.arange(4_000) + 17, torch.zeros(4_000))
+    tokens = torch.cat([_sample_rows(logits, temperature, top_p, top_k, min_p, chunk) for chunk in uniforms.split(1_000)])
+    assert _binned_chi_square(tokens, probs) > P_VALUE_FLOOR
+
+
+def test_fast_sampler_draws_the_full_sort_token_at_vocab_262144():
+    """Each uniform picks a token of the very rank the full sort would (the same token, up to
+    the order of tokens tied in probability): the lists reproduce the sorted prefix and its
+    cumulative mass exactly."""
+    uniforms = counter_uniforms(torch.arange(24), torch.zeros(24))
+    for name, (logits, temperature, top_p, top_k, min_p, _) in _adversarial_rows(262_144).items():
+        if "vocabulary order" in name:
+            continue  # not drawn in sorted order; the chi-square test covers it
+        rows = logits.unsqueeze(0).expand(24, -1)
+        t, p = torch.full((24,), temperature), torch.full((24,), top_p)
+        k, m = (torch.full((24,), top_k) if top_k else None), (torch.full((24,), min_p) if min_p else None)
+        probs = _probabilities(rows, t)
+        reference = _draw(_full_nucleus(probs, probs.sum(dim=-1), p, k, m), uniforms)
+        fast = _sample_rows(logits, temperature, top_p, top_k, min_p, uniforms)
+        assert torch.equal(probs[0, fast], probs[0, reference]), name
+
+
+def test_fast_sampler_ties_at_vocab_262144_chi_square():
+    logits, temperature, top_p, _, _, nucleus_sizes = _adversarial_rows(262_144)["ties straddle the first list's end"]
+    probs = top_p_probs(logits.unsqueeze(0), torch.tensor([temperature]), torch.tensor([top_p]))[0]
+    assert int((probs > 0).sum()) in nucleus_sizes  # the top token and all 100 tied ones
+    uniforms = counter_uniforms(torch.arange(2_000) + 5, torch.zeros(2_000))
+    tokens = torch.cat([_sample_rows(logits, temperature, top_p, 0, 0.0, chunk) for chunk in uniforms.split(250)])
+    assert _binned_chi_square(tokens, probs) > P_VALUE_FLOOR
+
+
+def test_fast_sampler_sorts_only_rows_no_list_decides(monkeypatch):
+    rows = _adversarial_rows(16_384)
+    logits = torch.stack([r[0] for r in rows.values()])
+    columns = [torch.tensor([r[i] for r in rows.values()]) for i in (1, 2, 3, 4)]
+    sorted_rows = []
+
+    def spy(probs, *args):
+        sorted_rows.append(probs.shape[0])
+        return _full_nucleus(probs, *args)
+
+    monkeypatch.setattr("autodeco.sampling._full_nucleus", spy)
+    temperature, top_p, top_k, min_p = columns
+    sample_tokens(logits, temperature.float(), top_p.float(), top_k=top_k.long(), min_p=min_p.float(), uniforms=torch.rand(len(rows), dtype=torch.float64))
+    assert sorted_rows == [1]  # top_k 4000: past the first list and, at this vocabulary, the threshold list
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), rows=st.integers(1, 4), blocks=st.integers(1, 40), extra=st.sampled_from([0, 37]), levels=st.integers(2, 50), k=st.integers(1, 300))
+def test_block_searches_match_torch(seed, rows, blocks, extra, levels, k):
+    """Few distinct values force ties inside and across blocks; a vocabulary that is not a
+    multiple of the block takes the plain path."""
+    vocab = blocks * 128 + extra
+    values = torch.randint(0, levels, (rows, vocab), generator=torch.Generator().manual_seed(seed)).float()
+    assert torch.equal(row_argmax(values), values.argmax(dim=-1))
+    assert torch.equal(row_argmax(values.bfloat16()), values.bfloat16().argmax(dim=-1))
+    found, ids = top_candidates(values, k)
+    assert torch.equal(found, values.topk(min(k, vocab), dim=-1).values)
+    assert torch.equal(values.gather(-1, ids), found) and all(len(set(r)) == len(r) for r in ids.tolist())
 
 
 def test_counter_uniforms_are_uniform_and_independent():

@@ -2,7 +2,8 @@
 
 The model is anything called like :class:`autodeco.AutoDecoModelForCausalLM` (returns logits,
 temperature, top_p and a cache). Rows stop on their own (EOS, their own max_new_tokens, the context
-limit, or a caller's stop test); one host transfer per step carries the tokens, T and P of all rows.
+limit, or a caller's stop test); one host transfer per step carries the tokens, T and P of all rows,
+and the sampler reads two batch-wide flags: no step syncs or loops per row on the device side.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 
 from autodeco.errors import AutoDecoError
+from autodeco.heads import EPS
 from autodeco.sampling import BatchedSampling, SamplingParams, counter_uniforms, sample_tokens
 
 RowStopTest = Callable[[int, int], bool]
@@ -64,6 +66,7 @@ def prefill(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, c
         use_cache=True,
         logits_to_keep=1,
         compute_heads=compute_heads,
+        return_probs=compute_heads,
     )
 
 
@@ -80,6 +83,7 @@ def decode_one_token(
         use_cache=True,
         logits_to_keep=1,
         compute_heads=compute_heads,
+        return_probs=compute_heads,
     )
 
 
@@ -88,7 +92,12 @@ def sample_step(out: Any, sampling: BatchedSampling, seeds: torch.Tensor, step: 
     learned = (out.temperature[:, -1], out.top_p[:, -1]) if sampling.needs_heads else (None, None)
     temperature, top_p = sampling.resolve(*learned, logits=out.logits[:, -1])
     uniforms = None if sampling.all_greedy else counter_uniforms(seeds, torch.full_like(seeds, step))
-    tokens = sample_tokens(out.logits[:, -1], temperature, top_p, top_k=sampling.top_k, min_p=sampling.min_p, uniforms=uniforms)
+    probs = None
+    # the heads' softmax was taken at T + 1e-8, which rounds to T in float32 for T >= 0.25: when
+    # every row samples at exactly that, it is the sampler's softmax too
+    if getattr(out, "probs", None) is not None and torch.equal(out.temperature[:, -1].float() + EPS, temperature):
+        probs = out.probs[:, -1]
+    tokens = sample_tokens(out.logits[:, -1], temperature, top_p, top_k=sampling.top_k, min_p=sampling.min_p, uniforms=uniforms, probs=probs)
     return tokens, temperature, top_p
 
 

@@ -45,12 +45,14 @@ AUTODECO_FIELDS = (
 class AutoDecoOutput(ModelOutput):
     """One forward pass: unscaled ``logits [B, L, V]``, ``temperature [B, L]``, ``top_p [B, L]``
     and the KV ``cache`` to pass to the next call (transformers 5 calls it ``cache``; the old
-    name ``past_key_values`` reads the same object)."""
+    name ``past_key_values`` reads the same object). ``probs [B, L, V]``, when asked for, is the
+    float32 softmax(logits / (T + 1e-8)) the top-p head's statistics were computed on."""
 
     logits: torch.Tensor | None = None
     temperature: torch.Tensor | None = None
     top_p: torch.Tensor | None = None
     cache: Any = None
+    probs: torch.Tensor | None = None
 
     @property
     def past_key_values(self) -> Any:
@@ -226,6 +228,7 @@ class AutoDecoModelForCausalLM(nn.Module):
         logits_to_keep: int | torch.Tensor = 0,
         cache: Any = None,
         compute_heads: bool = True,
+        return_probs: bool = False,
         **kwargs: Any,
     ) -> AutoDecoOutput:
         """One pass of the base; the heads run on the hidden states fed to its LM head.
@@ -233,6 +236,8 @@ class AutoDecoModelForCausalLM(nn.Module):
         ``logits_to_keep=n`` keeps the last n positions only (1 for decoding), for the logits and
         for T and P alike. The KV cache may be passed as ``past_key_values`` or ``cache``.
         ``compute_heads=False`` skips the heads (T and P are None): what static baselines pay.
+        ``return_probs=True`` also returns the softmax the top-p head computed (None when its
+        checkpoint uses no statistics), for decoding to sample from at the learned T.
         """
         if past_key_values is not None and cache is not None:
             raise AutoDecoError("pass the KV cache once, as cache= or past_key_values=, not both")
@@ -252,8 +257,11 @@ class AutoDecoModelForCausalLM(nn.Module):
             return AutoDecoOutput(logits=out.logits, cache=out.cache)
         if hidden is None:
             raise AutoDecoError(f"{type(self.llm).__name__} did not call its output embedding; AutoDeco needs a causal LM head")
-        temperature, top_p = self.heads(hidden, out.logits)
-        return AutoDecoOutput(logits=out.logits, temperature=temperature, top_p=top_p, cache=out.cache)
+        probs = None
+        if return_probs and self.heads.top_p_head.use_enhanced_features:
+            probs = torch.empty(out.logits.shape, dtype=torch.float32, device=out.logits.device)
+        temperature, top_p = self.heads(hidden, out.logits, probs)
+        return AutoDecoOutput(logits=out.logits, temperature=temperature, top_p=top_p, cache=out.cache, probs=probs)
 
     # ------------------------------------------------------------------ Hugging Face style generate
     @torch.no_grad()
