@@ -190,17 +190,15 @@ def test_sampling_reuses_the_heads_softmax_and_draws_the_same_tokens(make_model,
     ids, mask = left_pad([tokenizer(p).input_ids for p in PROMPTS], pad_token_id=0)
     out = prefill(model, ids, mask)
     assert out.probs is not None and bool((out.temperature[:, -1] >= 0.25).all())  # T + 1e-8 rounds to T
-    sampling = BatchedSampling.from_params([SamplingParams()] * len(PROMPTS))
-    computed = []
+    rows_computed = []
     original = sampling_module._probabilities
-    monkeypatch.setattr(sampling_module, "_probabilities", lambda *args: computed.append(1) or original(*args))
+    monkeypatch.setattr(sampling_module, "_probabilities", lambda logits, t: rows_computed.append(logits.shape[0]) or original(logits, t))
     for step in range(20):
         seeds = torch.arange(len(PROMPTS)) * 7919 + step
-        shared = sample_step(out, sampling, seeds, step)
-        assert computed == []  # the heads' softmax was used
-        recomputed = sample_step(out.__class__(**{**out, "probs": None}), sampling, seeds, step)
-        assert computed and torch.equal(shared[0], recomputed[0])
-        computed.clear()
-    scaled = BatchedSampling.from_params([SamplingParams(temperature_scale=0.9)] * len(PROMPTS))
-    sample_step(out, scaled, torch.arange(len(PROMPTS)), 0)
-    assert computed  # another T: the sampler takes its own softmax
+        for params in ([SamplingParams()] * 3, [SamplingParams(), SamplingParams(temperature_scale=0.9), SamplingParams()]):
+            sampling = BatchedSampling.from_params(params)
+            shared = sample_step(out.__class__(**{**out, "probs": out.probs.clone()}), sampling, seeds, step)
+            assert rows_computed == ([] if params[1].temperature_scale == 1.0 else [1])  # only the scaled row
+            recomputed = sample_step(out.__class__(**{**out, "probs": None}), sampling, seeds, step)
+            assert rows_computed[-1] == 3 and torch.equal(shared[0], recomputed[0])
+            rows_computed.clear()

@@ -92,12 +92,14 @@ def sample_step(out: Any, sampling: BatchedSampling, seeds: torch.Tensor, step: 
     learned = (out.temperature[:, -1], out.top_p[:, -1]) if sampling.needs_heads else (None, None)
     temperature, top_p = sampling.resolve(*learned, logits=out.logits[:, -1])
     uniforms = None if sampling.all_greedy else counter_uniforms(seeds, torch.full_like(seeds, step))
-    probs = None
-    # the heads' softmax was taken at T + 1e-8, which rounds to T in float32 for T >= 0.25: when
-    # every row samples at exactly that, it is the sampler's softmax too
-    if getattr(out, "probs", None) is not None and torch.equal(out.temperature[:, -1].float() + EPS, temperature):
-        probs = out.probs[:, -1]
-    tokens = sample_tokens(out.logits[:, -1], temperature, top_p, top_k=sampling.top_k, min_p=sampling.min_p, uniforms=uniforms, probs=probs)
+    # the top-p head's softmax, taken at T + 1e-8 (which rounds to T in float32 for T >= 0.25):
+    # the sampler reuses it for the rows that sample at exactly that temperature
+    probs = getattr(out, "probs", None)
+    probs_temperature = None if probs is None else out.temperature[:, -1].float() + EPS
+    tokens = sample_tokens(
+        out.logits[:, -1], temperature, top_p, top_k=sampling.top_k, min_p=sampling.min_p, uniforms=uniforms,
+        probs=None if probs is None else probs[:, -1], probs_temperature=probs_temperature,
+    )
     return tokens, temperature, top_p
 
 

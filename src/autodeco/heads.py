@@ -14,8 +14,6 @@ from autodeco.sampling import top_candidates
 HEAD_WIDTH = 256
 NUM_STATISTICS = 4  # max prob, entropy, variance, top-5 mass
 EPS = 1e-8  # the released code's guard in T-scaling and in log(q)
-
-
 CHUNK_ELEMENTS = 2**20  # rows per pass of the statistics: their float32 buffers (4 MB) stay in cache
 
 

@@ -234,8 +234,9 @@ def _blocks(values: torch.Tensor) -> torch.Tensor | None:
     return values.view(values.shape[0], vocab // BLOCK, BLOCK)
 
 
-def row_argmax(values: torch.Tensor) -> torch.Tensor:
-    """``values.argmax(dim=-1)`` (the first index of each row's maximum) in two cheap passes.
+def row_argmax(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``values.argmax(dim=-1)``: the first index of each row's maximum, that maximum) in one
+    pass over the row.
 
     torch's CPU argmax over a bfloat16 vocabulary runs element by element (~4 ms for [8, 262144]);
     a vectorised max per block, then the argmax inside the first block holding the row's maximum,
@@ -243,10 +244,12 @@ def row_argmax(values: torch.Tensor) -> torch.Tensor:
     """
     blocks = _blocks(values)
     if blocks is None:
-        return values.argmax(dim=-1)
-    best_block = blocks.amax(dim=-1).argmax(dim=-1)
+        best = values.max(dim=-1)
+        return best.indices, best.values
+    maxima = blocks.amax(dim=-1)
+    best_block = maxima.argmax(dim=-1)
     ids = best_block.unsqueeze(-1) * BLOCK + torch.arange(BLOCK, device=values.device)
-    return ids.gather(-1, values.gather(-1, ids).argmax(dim=-1, keepdim=True)).squeeze(-1)
+    return ids.gather(-1, values.gather(-1, ids).argmax(dim=-1, keepdim=True)).squeeze(-1), maxima.amax(dim=-1)
 
 
 def top_candidates(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -420,6 +423,7 @@ def sample_tokens(
     generator: torch.Generator | None = None,
     uniforms: torch.Tensor | None = None,
     probs: torch.Tensor | None = None,
+    probs_temperature: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Draw one token per row from :func:`top_p_probs` -> ``LongTensor [B]``, without sorting
     the vocabulary.
@@ -431,9 +435,10 @@ def sample_tokens(
     what neither decides (a top-k reaching past both lists). Unfiltered rows (top_p >= 1, no
     top-k or min-p) sample the whole row in vocabulary order.
     One uniform per row, from ``uniforms [B]`` if given (see :func:`counter_uniforms`) or else
-    from ``generator``. ``probs [B, V]``: float32 softmax(logits / T) if the caller has it
-    already (the top-p head computes it at the learned T), bit for bit what this function would
-    compute. Raises :class:`AutoDecoError` on NaN/inf logits instead of sampling garbage.
+    from ``generator``. ``probs [B, V]``: a float32 softmax(logits / probs_temperature) the
+    caller has already (the top-p head takes one at the learned T + 1e-8); rows sampled at that
+    very T use it, the others are recomputed in place. Raises :class:`AutoDecoError` on NaN/inf
+    logits instead of sampling garbage.
     """
     greedy = temperature <= 0
     untruncated = ~greedy & (top_p >= 1)
@@ -441,14 +446,20 @@ def sample_tokens(
         untruncated &= top_k <= 0
     if min_p is not None:
         untruncated &= min_p <= 0
-    all_greedy, any_greedy, any_untruncated = torch.stack([greedy.all(), greedy.any(), untruncated.any()]).tolist()
+    stale = torch.ones_like(greedy) if probs is None else (probs_temperature != temperature) & ~greedy
+    flags = torch.stack([greedy.all(), greedy.any(), untruncated.any(), stale.all(), stale.any()]).tolist()
+    all_greedy, any_greedy, any_untruncated, all_stale, any_stale = flags
     if all_greedy:
-        finite = torch.isfinite(logits.amax(dim=-1))  # NaN and +inf propagate; an all -inf row stays -inf
+        tokens, maxima = row_argmax(logits)
+        finite = torch.isfinite(maxima)  # NaN and +inf propagate; an all -inf row stays -inf
         if not bool(finite.all()):
             raise _non_finite_error(~finite)
-        return row_argmax(logits)
-    if probs is None:
+        return tokens
+    if all_stale:
         probs = _probabilities(logits, temperature)
+    elif any_stale:
+        rows = stale.nonzero().squeeze(-1)
+        probs[rows] = _probabilities(logits[rows], temperature[rows])
     total = probs.sum(dim=-1)  # NaN for rows with NaN or +inf logits, or all -inf ones
     finite = torch.isfinite(total) & torch.isfinite(temperature) & ~torch.isnan(top_p)
     if uniforms is None:
@@ -462,7 +473,7 @@ def sample_tokens(
     if not all_finite:
         raise _non_finite_error(~finite)
     if any_greedy:
-        tokens = torch.where(greedy, row_argmax(logits), tokens)
+        tokens = torch.where(greedy, row_argmax(logits)[0], tokens)
     if any_untruncated:
         rows = untruncated.nonzero().squeeze(-1)
         tokens[rows] = _draw_untruncated(probs[rows], uniforms[rows])
