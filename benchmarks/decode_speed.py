@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,9 +36,9 @@ from autodeco.decoding import decode, left_pad
 from autodeco.io import atomic_write_text
 from autodeco.models import load_tokenizer
 from autodeco.sampling import _draw, _full_nucleus, _probabilities, counter_uniforms, sample_tokens
+from machine import machine_info, machine_line  # benchmarks/machine.py
 
 RESULTS = Path(__file__).parent / "results"
-MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "LD_PRELOAD")
 GREEDY, AUTODECO, STATIC = "ours: greedy", "ours: AutoDeco", "ours: static T=0.7 P=0.9"
 HF_GREEDY, HF_SAMPLED = "HF generate: greedy", "HF generate: T=0.7 P=0.9"
 PROMPTS = (
@@ -209,7 +207,7 @@ def main() -> None:
     parser.add_argument("--name", default="gemma-3-270m")
     parser.add_argument("--batches", default="1,8,32")
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sampler-calls", type=int, default=50)
     args = parser.parse_args()
 
@@ -230,12 +228,7 @@ def main() -> None:
         }
         for batch in batches
     }
-    machine = {
-        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-        "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-        "torch": torch.__version__, "transformers": transformers.__version__,
-        "allocator_env": {k: os.environ.get(k) for k in MALLOC_ENV},
-    }
+    machine = machine_info()
     vocab = base.config.get_text_config().vocab_size
     setup = {"model": description, "name": args.name, "vocab": vocab, "params": sum(p.numel() for p in base.parameters()),
              "new_tokens": args.new_tokens, "repeats": args.repeats, "command": f"python benchmarks/decode_speed.py --model {args.model} --name {args.name} --batches {args.batches} --new-tokens {args.new_tokens} --repeats {args.repeats} --sampler-calls {args.sampler_calls}"}
@@ -246,9 +239,7 @@ def main() -> None:
         f"Model: {description} ({setup['params'] / 1e6:.0f}M params, vocab {vocab}); the prompts of the script, "
         f"{args.new_tokens} new tokens (no EOS stop); best of {args.repeats} interleaved runs after a warm-up. "
         "First token = prefill and one sample; decode = the other steps.", "",
-        f"Machine: {machine['platform']}, {machine['processor']}, {machine['torch_threads']} torch threads; "
-        f"torch {machine['torch']}, transformers {machine['transformers']}; allocator settings: "
-        f"{', '.join(f'{k}={v}' for k, v in machine['allocator_env'].items() if v) or 'glibc defaults'}.", "",
+        machine_line(machine), "",
         "| batch | contender | first token (ms) | decode tokens/s | end to end tokens/s |", "|---:|---|---:|---:|---:|",
     ]
     lines += [f"| {r['batch']} | {r['contender']} | {r['first_token_ms']:.0f} | {r['decode_tokens_per_s']:.1f} | {r['tokens_per_s']:.1f} |" for r in decoding]

@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-import transformers
 from accelerate import PartialState
 from transformers import AutoTokenizer
 
@@ -34,6 +31,7 @@ from autodeco.tiny import tiny_model, tiny_tokenizer
 from autodeco.training.data import collate, load_examples
 from autodeco.training.losses import dft_weights, easy_token_keep, soft_top_p_loss_reference, temperature_loss
 from autodeco.training.trainer import TrainConfig, Trainer
+from machine import machine_info, machine_line  # benchmarks/machine.py
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -132,11 +130,7 @@ def main() -> None:
     ]
     for row in rows:
         row["speedup_vs_naive"] = row["tokens_per_s"] / rows[0]["tokens_per_s"]
-    machine = {
-        "platform": platform.platform(), "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
-        "transformers": transformers.__version__,
-    }
+    machine = machine_info()
     setup = {
         "model": args.name, "vocab": llm.config.get_text_config().vocab_size, "dtype": str(llm.dtype), "examples": len(examples),
         "batch_size": args.batch_size, "completion_tokens_per_batch": tokens_per_batch, "mean_sequence_length": statistics.mean(len(e.input_ids) for e in examples),
@@ -151,8 +145,7 @@ def main() -> None:
         f"({tokens_per_batch} completion tokens per batch); median of {args.repeats} steps after a warm-up.", "",
         "| contender | completion tokens/s | ms/step | vs naive |", "|---|---:|---:|---:|",
         *[f"| {r['contender']} | {r['tokens_per_s']:.0f} | {r['ms_per_step']:.0f} | {r['speedup_vs_naive']:.2f}x |" for r in rows], "",
-        f"Machine: {machine['platform']}, {machine['processor']}, {machine['cpus']} CPUs, {machine['torch_threads']} torch threads; "
-        f"torch {machine['torch']}, transformers {machine['transformers']}.", "",
+        machine_line(machine), "",
         f"Command: `python benchmarks/train_throughput.py{' --model ' + args.model if args.model else ''} --name {args.name}`",
     ]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
