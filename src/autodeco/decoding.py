@@ -3,7 +3,7 @@
 The model is anything called like :class:`autodeco.AutoDecoModelForCausalLM` (returns logits,
 temperature, top_p and a cache). Rows stop on their own (EOS, their own max_new_tokens, the context
 limit, or a caller's stop test); one host transfer per step carries the tokens, T and P of all rows,
-and the sampler reads two batch-wide flags: no step syncs or loops per row on the device side.
+and the sampler reads a few batch-wide flags: no host sync per row.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from autodeco.errors import AutoDecoError
-from autodeco.heads import EPS
+from autodeco.heads import statistics_temperature
 from autodeco.sampling import BatchedSampling, SamplingParams, counter_uniforms, sample_tokens
 
 RowStopTest = Callable[[int, int], bool]
@@ -92,10 +92,9 @@ def sample_step(out: Any, sampling: BatchedSampling, seeds: torch.Tensor, step: 
     learned = (out.temperature[:, -1], out.top_p[:, -1]) if sampling.needs_heads else (None, None)
     temperature, top_p = sampling.resolve(*learned, logits=out.logits[:, -1])
     uniforms = None if sampling.all_greedy else counter_uniforms(seeds, torch.full_like(seeds, step))
-    # the top-p head's softmax, taken at T + 1e-8 (which rounds to T in float32 for T >= 0.25):
-    # the sampler reuses it for the rows that sample at exactly that temperature
+    # the sampler reuses the top-p head's softmax for the rows that sample at its temperature
     probs = getattr(out, "probs", None)
-    probs_temperature = None if probs is None else out.temperature[:, -1].float() + EPS
+    probs_temperature = None if probs is None else statistics_temperature(out.temperature[:, -1])
     tokens = sample_tokens(
         out.logits[:, -1], temperature, top_p, top_k=sampling.top_k, min_p=sampling.min_p, uniforms=uniforms,
         probs=None if probs is None else probs[:, -1], probs_temperature=probs_temperature,

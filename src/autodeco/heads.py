@@ -17,6 +17,12 @@ EPS = 1e-8  # the released code's guard in T-scaling and in log(q)
 CHUNK_ELEMENTS = 2**20  # rows per pass of the statistics: their float32 buffers (4 MB) stay in cache
 
 
+def statistics_temperature(temperature: torch.Tensor) -> torch.Tensor:
+    """What the statistics' softmax divides the logits by: the released T + 1e-8, in float32
+    (the same as T itself for T >= 0.25, where 1e-8 is below half a float32 step)."""
+    return temperature.float() + EPS
+
+
 @torch.no_grad()
 def probability_statistics(logits: torch.Tensor, temperature: torch.Tensor, probs_out: torch.Tensor | None = None) -> torch.Tensor:
     """The top-p head's four extra inputs, over q = softmax(logits / (T + 1e-8)).
@@ -42,7 +48,7 @@ def probability_statistics(logits: torch.Tensor, temperature: torch.Tensor, prob
 
 def _statistics(logits: torch.Tensor, temperature: torch.Tensor, probs_out: torch.Tensor | None) -> torch.Tensor:
     """:func:`probability_statistics` of ``logits [N, V]``, ``temperature [N]``."""
-    q = torch.softmax(logits.float() / (temperature.float().unsqueeze(-1) + EPS), dim=-1)
+    q = torch.softmax(logits.float() / statistics_temperature(temperature).unsqueeze(-1), dim=-1)
     if probs_out is not None:
         probs_out.copy_(q)
     vocab = q.shape[-1]
@@ -114,6 +120,11 @@ class AutoDecoHeads(nn.Module):
     @property
     def hidden_size(self) -> int:
         return self.temp_head.mlp[0].in_features
+
+    @property
+    def computes_probabilities(self) -> bool:
+        """Whether forward() takes the softmax over the vocabulary that ``probs_out`` receives."""
+        return self.top_p_head.use_enhanced_features
 
     def forward(self, hidden: torch.Tensor, logits: torch.Tensor, probs_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``hidden [..., H]`` and unscaled ``logits [..., V]`` -> (temperature, top_p), each ``[...]``.

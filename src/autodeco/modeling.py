@@ -258,7 +258,7 @@ class AutoDecoModelForCausalLM(nn.Module):
         if hidden is None:
             raise AutoDecoError(f"{type(self.llm).__name__} did not call its output embedding; AutoDeco needs a causal LM head")
         probs = None
-        if return_probs and self.heads.top_p_head.use_enhanced_features:
+        if return_probs and self.heads.computes_probabilities:
             probs = torch.empty(out.logits.shape, dtype=torch.float32, device=out.logits.device)
         temperature, top_p = self.heads(hidden, out.logits, probs)
         return AutoDecoOutput(logits=out.logits, temperature=temperature, top_p=top_p, cache=out.cache, probs=probs)
