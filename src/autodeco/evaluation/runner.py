@@ -217,7 +217,7 @@ class Evaluator:
     def samples(self, task: Task, problems: list[Problem], decoding: Decoding, plan: EvalPlan) -> list[dict[str, Any]]:
         """All records of ``decoding`` on these problems, generating the missing ones."""
         samples = 1 if decoding.deterministic else plan.samples
-        prompts = {p.id: self._prompt(task, p) for p in problems}
+        prompts = {p.id: self.prompt(task, p) for p in problems}
         digests = {pid: digest for pid, (_, digest) in prompts.items()}
         items = [(problem, sample) for problem in problems for sample in range(samples)]
         batches = [items[i:i + plan.batch_size] for i in range(0, len(items), plan.batch_size)]
@@ -238,7 +238,7 @@ class Evaluator:
         """The store key of a decoding's samples: with the heads' fingerprint if it uses them."""
         return f"{decoding.key}@heads:{self.settings.heads_id}" if decoding.uses_heads else decoding.key
 
-    def _prompt(self, task: Task, problem: Problem) -> tuple[Any, str]:
+    def prompt(self, task: Task, problem: Problem) -> tuple[Any, str]:
         """The problem's prompt and its fingerprint, built once for all decodings."""
         key = (task.name, problem.id)
         if key not in self._prompts:

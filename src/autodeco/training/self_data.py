@@ -75,16 +75,18 @@ def sample_training_data(
         by_id = {p.id: p for p in chosen}
         records = evaluator.samples(task, chosen, decoding, plan)
         correct = [r for r in records if r["correct"]]
+        solved = sorted({r["problem"] for r in correct})
+        prompts = {pid: evaluator.prompt(task, by_id[pid])[0] for pid in solved}  # built once by the evaluator
+        prompt_ids = dict(zip(solved, encode_prompts(tokenizer, [prompts[pid] for pid in solved], chat=settings.chat)))
         for record in correct:
-            problem = by_id[record["problem"]]
-            prompt = task.prompt(problem, settings.chat)
+            prompt = prompts[record["problem"]]
             lines.append(json.dumps({
-                "prompt_ids": encode_prompts(tokenizer, [prompt], chat=settings.chat)[0],
+                "prompt_ids": prompt_ids[record["problem"]],
                 "completion_ids": completion_ids(record),
                 "prompt": prompt if isinstance(prompt, str) else None, "completion": record["text"],
                 "task": task.name, "problem": record["problem"], "sample": record["sample"],
             }, ensure_ascii=False))
-        yields.append(TaskYield(task.name, len(chosen), len(records), len(correct), len({r["problem"] for r in correct})))
+        yields.append(TaskYield(task.name, len(chosen), len(records), len(correct), len(solved)))
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text("".join(line + "\n" for line in lines), out)
     return yields
