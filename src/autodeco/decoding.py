@@ -1,7 +1,7 @@
 """The decode loop on token ids (gpt-fast style: prefill, sample, decode one token). No tokenizer.
 
 The model is anything called like :class:`autodeco.AutoDecoModelForCausalLM` (returns logits,
-temperature, top_p and a cache). Rows stop on their own (EOS, their own max_new_tokens, the context
+temperature, top_p and a cache, and may return the heads' softmax as ``probs``). Rows stop on their own (EOS, their own max_new_tokens, the context
 limit, or a caller's stop test); one host transfer per step carries the tokens, T and P of all rows,
 and the sampler reads a few batch-wide flags: no host sync per row.
 """
