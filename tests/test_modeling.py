@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from autodeco import AutoDecoError, AutoDecoModelForCausalLM
-from autodeco.heads import AutoDecoHeads, probability_statistics
+from autodeco.heads import AutoDecoHeads, SoftmaxOut, probability_statistics
+from autodeco.sampling import CANDIDATES
 from autodeco.tiny import TINY_ARCHITECTURES, tiny_model
 
 
@@ -103,6 +104,30 @@ def test_probability_statistics_formula():
     mean = q.mean()
     expected = [q.max(), -(q * torch.log(q + 1e-8)).sum(), ((q - mean) ** 2).sum() / (q.numel() - 1), q.sort(descending=True).values[:5].sum()]
     torch.testing.assert_close(probability_statistics(logits, temperature)[0].double(), torch.stack(expected), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_probability_statistics_at_a_262k_vocabulary_match_the_released_formula_in_float64(dtype):
+    """Rows from peaked to flat, with -inf logits; the entropy may differ from the released
+    formula by its 1e-8 guard only (at most V * 1e-8), the rest by float32 rounding. The softmax
+    and the top ids the statistics hand to decoding are checked too."""
+    vocab = 262_144
+    generator = torch.Generator().manual_seed(3)
+    logits = (torch.randn(4, vocab, generator=generator) * torch.tensor([[8.0], [4.0], [1.0], [0.1]])).to(dtype)
+    logits[1, ::7] = float("-inf")
+    temperature = torch.tensor([0.05, 0.7, 1.3, 1.9])
+    original = logits.clone()
+    out = SoftmaxOut(torch.empty(4, vocab), torch.empty(4, CANDIDATES, dtype=torch.long))
+    stats = probability_statistics(logits, temperature, out).double()
+    assert torch.equal(logits, original)  # the logits are left as they were
+    q = torch.softmax(logits.double() / (temperature.double().unsqueeze(-1) + 1e-8), dim=-1)
+    entropy = -(q * torch.log(q + 1e-8)).sum(dim=-1)
+    torch.testing.assert_close(stats[:, 1], entropy, atol=vocab * 1e-8, rtol=0)
+    torch.testing.assert_close(stats[:, [0, 3]], torch.stack([q.max(dim=-1).values, q.topk(5).values.sum(dim=-1)], dim=-1), rtol=2e-5, atol=0)
+    # var = mean(q^2) - mean(q)^2 cancels in float32 for the flat row (var 4e-14): an absolute bound
+    torch.testing.assert_close(stats[:, 2], q.var(dim=-1), rtol=2e-5, atol=1e-16)
+    torch.testing.assert_close(out.probs.double() / out.probs.sum(dim=-1, keepdim=True), q, rtol=1e-4, atol=1e-12)
+    assert torch.equal(q.gather(-1, out.top_ids), q.topk(CANDIDATES).values)
 
 
 def test_top_p_head_sees_a_detached_temperature_and_flags_shape_it():

@@ -20,6 +20,7 @@ from autodeco.sampling import (
     BatchedSampling,
     _draw,
     _full_nucleus,
+    _threshold_nucleus,
     _probabilities,
     apply_user_controls,
     counter_uniforms,
@@ -240,6 +241,24 @@ def test_fast_sampler_sorts_only_rows_no_list_decides(monkeypatch):
     temperature, top_p, top_k, min_p = columns
     sample_tokens(logits, temperature.float(), top_p.float(), top_k=top_k.long(), min_p=min_p.float(), uniforms=torch.rand(len(rows), dtype=torch.float64))
     assert sorted_rows == [1]  # top_k 4000: past the first list and, at this vocabulary, the threshold list
+
+
+def test_long_nucleus_draws_inside_the_first_list_settle_without_finding_the_nucleus(monkeypatch):
+    logits, temperature, top_p, _, _, _ = _adversarial_rows(16_384)["a few hundred: threshold list"]
+    probs = _probabilities(logits.unsqueeze(0), torch.tensor([temperature]))[0]
+    threshold_rows = []
+
+    def spy(probs, *args):
+        threshold_rows.append(probs.shape[0])
+        return _threshold_nucleus(probs, *args)
+
+    monkeypatch.setattr("autodeco.sampling._threshold_nucleus", spy)
+    # u * mass lands on the most likely token for every possible nucleus mass; u near 1 lands past the list
+    uniforms = torch.tensor([0.001, 0.999], dtype=torch.float64)
+    tokens = _sample_rows(logits, temperature, top_p, 0, 0.0, uniforms)
+    assert threshold_rows == [1]  # only the second draw needs the nucleus
+    reference = _draw(_full_nucleus(probs.unsqueeze(0).expand(2, -1), probs.sum().expand(2), torch.full((2,), top_p), None, None), uniforms)
+    assert torch.equal(probs[tokens], probs[reference])  # the token of the full sort's rank
 
 
 @settings(max_examples=60, deadline=None)

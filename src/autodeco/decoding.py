@@ -8,6 +8,7 @@ and the sampler reads a few batch-wide flags: no host sync per row.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -19,6 +20,7 @@ from autodeco.heads import statistics_temperature
 from autodeco.sampling import BatchedSampling, SamplingParams, counter_uniforms, sample_tokens
 
 RowStopTest = Callable[[int, int], bool]
+UNIFORM_STEPS = 64
 
 
 @dataclass
@@ -87,19 +89,29 @@ def decode_one_token(
     )
 
 
-def sample_step(out: Any, sampling: BatchedSampling, seeds: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Next token per row from one model output -> (tokens, T used, P used)."""
+def sample_step(out: Any, sampling: BatchedSampling, uniforms: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Next token per row from one model output and one uniform per row (None when every row is
+    greedy) -> (tokens, T used, P used)."""
     learned = (out.temperature[:, -1], out.top_p[:, -1]) if sampling.needs_heads else (None, None)
     temperature, top_p = sampling.resolve(*learned, logits=out.logits[:, -1])
-    uniforms = None if sampling.all_greedy else counter_uniforms(seeds, torch.full_like(seeds, step))
     # the sampler reuses the top-p head's softmax for the rows that sample at its temperature
     probs = getattr(out, "probs", None)
     probs_temperature = None if probs is None else statistics_temperature(out.temperature[:, -1])
     tokens = sample_tokens(
         out.logits[:, -1], temperature, top_p, top_k=sampling.top_k, min_p=sampling.min_p, uniforms=uniforms,
         probs=None if probs is None else probs[:, -1], probs_temperature=probs_temperature,
+        probs_top_ids=None if probs is None else out.probs_top_ids[:, -1],
     )
     return tokens, temperature, top_p
+
+
+def step_uniforms(seeds: torch.Tensor) -> Iterator[torch.Tensor]:
+    """Each step's uniforms ``[B]`` for rows with these seeds: :func:`counter_uniforms` of
+    (seed, step), made :data:`UNIFORM_STEPS` steps at a time (the hash is ~40 small tensor ops,
+    which would otherwise be paid at every step)."""
+    for first in itertools.count(0, UNIFORM_STEPS):
+        steps = torch.arange(first, first + UNIFORM_STEPS, device=seeds.device).unsqueeze(-1)
+        yield from counter_uniforms(seeds.unsqueeze(0), steps).unbind(0)
 
 
 def request_seeds(params: list[SamplingParams], device: torch.device | str) -> torch.Tensor:
@@ -153,10 +165,11 @@ def decode(
     live = [True] * len(params)
     produced = [0] * len(params)
 
+    uniforms = itertools.repeat(None) if sampling.all_greedy else step_uniforms(seeds)
     out = prefill(model, input_ids, attention_mask, sampling.needs_heads)  # static baselines skip the heads
     position_ids = positions_from_mask(attention_mask)[:, -1:]
-    for step in range(max(budgets)):
-        tokens, temperature, top_p = sample_step(out, sampling, seeds, step)
+    for _, step_uniform in zip(range(max(budgets)), uniforms):
+        tokens, temperature, top_p = sample_step(out, sampling, step_uniform)
         host = torch.stack([tokens.double(), temperature.double(), top_p.double()]).cpu()
         token_list = host[0].long().tolist()
         reasons: list[str | None] = [None] * len(params)

@@ -6,6 +6,9 @@ heads-only ``model.safetensors`` loads into :class:`AutoDecoHeads` with no key c
 
 from __future__ import annotations
 
+import math
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
@@ -14,7 +17,9 @@ from autodeco.sampling import top_candidates
 HEAD_WIDTH = 256
 NUM_STATISTICS = 4  # max prob, entropy, variance, top-5 mass
 EPS = 1e-8  # the released code's guard in T-scaling and in log(q)
-CHUNK_ELEMENTS = 2**20  # rows per pass of the statistics: their float32 buffers (4 MB) stay in cache
+LOG2_E = 1.0 / math.log(2.0)
+UNDERFLOW_EXPONENT = -200.0  # 2^z is 0 in float32 below z = -150
+CHUNK_ELEMENTS = 2**21  # rows per pass of the statistics: fewer per-op costs than smaller chunks, less cache traffic than larger
 
 
 def statistics_temperature(temperature: torch.Tensor) -> torch.Tensor:
@@ -23,40 +28,65 @@ def statistics_temperature(temperature: torch.Tensor) -> torch.Tensor:
     return temperature.float() + EPS
 
 
+class SoftmaxOut(NamedTuple):
+    """Buffers the statistics fill for decoding at the learned T to reuse (see
+    :func:`probability_statistics`)."""
+
+    probs: torch.Tensor  # [..., V] float32: q up to a factor per row (its largest entry is 1)
+    top_ids: torch.Tensor  # [..., K] int64, K >= 5: the ids of each row's K largest q, descending
+
+
 @torch.no_grad()
-def probability_statistics(logits: torch.Tensor, temperature: torch.Tensor, probs_out: torch.Tensor | None = None) -> torch.Tensor:
+def probability_statistics(logits: torch.Tensor, temperature: torch.Tensor, out: SoftmaxOut | None = None) -> torch.Tensor:
     """The top-p head's four extra inputs, over q = softmax(logits / (T + 1e-8)).
 
-    Returns ``[..., 4]``: max(q); -(q * log(q + 1e-8)).sum(); var(q) with torch's default unbiased
-    correction (divide by V - 1); the sum of the 5 largest q. Computed in float32 whatever the
-    logits' dtype (a bfloat16 softmax over a large vocabulary loses the small entries). They carry
-    no gradient: T enters the top-p head detached. At a 262k vocabulary the passes over q cost
-    about as much as the rest of the head, so there are few (the fused softmax, one for the
-    entropy, two cheap reductions, the block search of :func:`top_candidates` for the top 5), and
-    rows go through in chunks small enough to stay in cache (1.5x faster at batch 32).
-    ``probs_out [..., V]`` (float32), if given, receives q itself: decoding at the learned T
-    samples from that very softmax and need not compute it again.
+    Returns ``[..., 4]``: max(q); the entropy -(q * log q).sum(); var(q) with torch's default
+    unbiased correction (divide by V - 1); the sum of the 5 largest q. Computed in float32 whatever
+    the logits' dtype (a bfloat16 softmax over a large vocabulary loses the small entries). They
+    carry no gradient: T enters the top-p head detached.
+
+    The released code takes the entropy as -(q * log(q + 1e-8)).sum(); the guard changes it by at
+    most V * 1e-8 nats (0.003 at V = 262k; 2e-5 on average over real Gemma-3-270M steps, the
+    size of float32 rounding in the released formula itself). Dropping it gives the entropy from
+    sums the other statistics need anyway, -sum q ln q = ln S - sum q (logits / T - max), with no
+    log per token: at a 262k vocabulary these passes cost as much as the rest of the decode step's
+    extra work, so there are few (one exponential, four reductions, the block search of
+    :func:`top_candidates` for the top 5), over rows in chunks that stay in cache.
+    ``out``, if given, receives q up to a factor per row and the ids of its largest entries
+    (found anyway for the top 5): decoding at the learned T samples from them, with no second
+    pass over the vocabulary.
     """
     vocab = logits.shape[-1]
     flat_logits, flat_t = logits.reshape(-1, vocab), temperature.reshape(-1)
-    flat_out = probs_out.view(-1, vocab) if probs_out is not None else None
+    flat_out = None if out is None else SoftmaxOut(out.probs.view(-1, vocab), out.top_ids.view(-1, out.top_ids.shape[-1]))
     rows = max(1, CHUNK_ELEMENTS // vocab)
     starts = range(0, max(flat_logits.shape[0], 1), rows)  # an empty batch still gives one (empty) chunk
-    chunks = [_statistics(flat_logits[i : i + rows], flat_t[i : i + rows], None if flat_out is None else flat_out[i : i + rows]) for i in starts]
+    chunks = [
+        _statistics(flat_logits[i : i + rows], flat_t[i : i + rows], None if flat_out is None else SoftmaxOut(*(t[i : i + rows] for t in flat_out)))
+        for i in starts
+    ]
     return torch.cat(chunks).reshape(*logits.shape[:-1], NUM_STATISTICS)
 
 
-def _statistics(logits: torch.Tensor, temperature: torch.Tensor, probs_out: torch.Tensor | None) -> torch.Tensor:
+def _statistics(logits: torch.Tensor, temperature: torch.Tensor, out: SoftmaxOut | None) -> torch.Tensor:
     """:func:`probability_statistics` of ``logits [N, V]``, ``temperature [N]``."""
-    q = torch.softmax(logits.float() / statistics_temperature(temperature).unsqueeze(-1), dim=-1)
-    if probs_out is not None:
-        probs_out.copy_(q)
-    vocab = q.shape[-1]
-    top5 = top_candidates(q, min(5, vocab))[0]
-    entropy = -(q + EPS).log_().mul_(q).sum(dim=-1)
-    # var = (sum q^2 - (sum q)^2 / V) / (V - 1): torch.var's value without a centred copy
-    total = q.sum(dim=-1)
-    variance = (torch.linalg.vector_norm(q, dim=-1).square() - total.square() / vocab) / (vocab - 1)
+    vocab = logits.shape[-1]
+    z = logits.to(torch.float32, copy=True)  # a copy even of float32 logits: z is overwritten below
+    # the largest logits are the largest q: logits / T is monotone for T > 0
+    top_logits, top_ids = top_candidates(z, min(5 if out is None else out.top_ids.shape[-1], vocab))
+    if out is not None:
+        out.top_ids.copy_(top_ids)
+    # q = 2^z / S with base-2 exponents z = (logits - max) / T * log2(e), in place: torch's exp2
+    # keeps its speed where most of a large vocabulary underflows, while exp slows down tenfold there
+    scale = LOG2_E / statistics_temperature(temperature).unsqueeze(-1)
+    z.sub_(top_logits[:, :1]).mul_(scale).clamp_(min=UNDERFLOW_EXPONENT)  # -inf logits: q * z = 0, not NaN
+    weights = torch.exp2(z) if out is None else torch.exp2(z, out=out.probs)  # q * S: no division pass
+    total = weights.sum(dim=-1)  # S
+    top5 = weights.gather(-1, top_ids[:, :5]) / total.unsqueeze(-1)
+    # var = (sum q^2 - (sum q)^2 / V) / (V - 1), torch.var's value without a centred copy; sum q = 1
+    variance = ((torch.linalg.vector_norm(weights, dim=-1) / total).square() - 1.0 / vocab) / (vocab - 1)
+    # -sum q ln q = ln S - ln(2) sum q z: no log per token (see the docstring); z is not needed after
+    entropy = total.log() - math.log(2.0) * z.mul_(weights).sum(dim=-1) / total
     return torch.stack([top5[:, 0], entropy, variance, top5.sum(dim=-1)], dim=-1)
 
 
@@ -87,13 +117,13 @@ class TopPHead(nn.Module):
         self.use_enhanced_features = use_enhanced_features
         self.mlp = _mlp(hidden_size + 1 + (NUM_STATISTICS if use_enhanced_features else 0))
 
-    def forward(self, hidden: torch.Tensor, temperature: torch.Tensor, logits: torch.Tensor, probs_out: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, temperature: torch.Tensor, logits: torch.Tensor, softmax_out: SoftmaxOut | None = None) -> torch.Tensor:
         """``hidden [..., H]``, ``temperature [...]``, unscaled ``logits [..., V]`` -> top-p ``[...]``
-        (``probs_out``: see :func:`probability_statistics`; left untouched without the statistics)."""
+        (``softmax_out``: see :func:`probability_statistics`; left untouched without the statistics)."""
         dtype = self.mlp[0].weight.dtype
         features = [hidden.to(dtype), temperature.to(dtype).unsqueeze(-1)]
         if self.use_enhanced_features:
-            features.append(probability_statistics(logits, temperature, probs_out).to(dtype))
+            features.append(probability_statistics(logits, temperature, softmax_out).to(dtype))
         return self.mlp(torch.cat(features, dim=-1)).squeeze(-1)
 
 
@@ -123,19 +153,19 @@ class AutoDecoHeads(nn.Module):
 
     @property
     def computes_probabilities(self) -> bool:
-        """Whether forward() takes the softmax over the vocabulary that ``probs_out`` receives."""
+        """Whether forward() takes the softmax over the vocabulary that ``softmax_out`` receives."""
         return self.top_p_head.use_enhanced_features
 
-    def forward(self, hidden: torch.Tensor, logits: torch.Tensor, probs_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, hidden: torch.Tensor, logits: torch.Tensor, softmax_out: SoftmaxOut | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``hidden [..., H]`` and unscaled ``logits [..., V]`` -> (temperature, top_p), each ``[...]``.
 
         T enters the top-p head detached, as in the released training code, so the top-p loss
-        never moves the temperature head. ``probs_out``: see :func:`probability_statistics`.
+        never moves the temperature head. ``softmax_out``: see :func:`probability_statistics`.
         """
         temperature = self.temp_head(hidden)
         if not self.enable_temperature_head:
             temperature = torch.ones_like(temperature)
-        top_p = self.top_p_head(hidden, temperature.detach(), logits, probs_out)
+        top_p = self.top_p_head(hidden, temperature.detach(), logits, softmax_out)
         if not self.enable_top_p_head:
             top_p = torch.ones_like(top_p)
         return temperature, top_p

@@ -25,10 +25,10 @@ from transformers.utils import ModelOutput
 
 from autodeco.decoding import decode_to_tensors
 from autodeco.errors import AutoDecoError
-from autodeco.heads import AutoDecoHeads, expected_head_shapes
+from autodeco.heads import AutoDecoHeads, SoftmaxOut, expected_head_shapes
 from autodeco.io import atomic_save_tensors, atomic_write_text
 from autodeco.models import resolve_heads, resolve_model
-from autodeco.sampling import SamplingParams
+from autodeco.sampling import CANDIDATES, SamplingParams
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -46,13 +46,16 @@ class AutoDecoOutput(ModelOutput):
     """One forward pass: unscaled ``logits [B, L, V]``, ``temperature [B, L]``, ``top_p [B, L]``
     and the KV ``cache`` to pass to the next call (transformers 5 calls it ``cache``; the old
     name ``past_key_values`` reads the same object). ``probs [B, L, V]``, when asked for, is the
-    float32 softmax(logits / (T + 1e-8)) the top-p head's statistics were computed on."""
+    float32 softmax(logits / (T + 1e-8)) the top-p head's statistics were computed on, up to a
+    factor per row (its largest entry is 1), and ``probs_top_ids [B, L, CANDIDATES]`` the ids of
+    its largest entries, descending."""
 
     logits: torch.Tensor | None = None
     temperature: torch.Tensor | None = None
     top_p: torch.Tensor | None = None
     cache: Any = None
     probs: torch.Tensor | None = None
+    probs_top_ids: torch.Tensor | None = None
 
     @property
     def past_key_values(self) -> Any:
@@ -236,8 +239,9 @@ class AutoDecoModelForCausalLM(nn.Module):
         ``logits_to_keep=n`` keeps the last n positions only (1 for decoding), for the logits and
         for T and P alike. The KV cache may be passed as ``past_key_values`` or ``cache``.
         ``compute_heads=False`` skips the heads (T and P are None): what static baselines pay.
-        ``return_probs=True`` also returns the softmax the top-p head computed (None when its
-        checkpoint uses no statistics), for decoding to sample from at the learned T.
+        ``return_probs=True`` also returns the softmax the top-p head computed, unnormalised, and
+        its most likely ids (None when its checkpoint uses no statistics), for decoding to sample
+        from at the learned T.
         """
         if past_key_values is not None and cache is not None:
             raise AutoDecoError("pass the KV cache once, as cache= or past_key_values=, not both")
@@ -257,11 +261,18 @@ class AutoDecoModelForCausalLM(nn.Module):
             return AutoDecoOutput(logits=out.logits, cache=out.cache)
         if hidden is None:
             raise AutoDecoError(f"{type(self.llm).__name__} did not call its output embedding; AutoDeco needs a causal LM head")
-        probs = None
+        softmax = None
         if return_probs and self.heads.computes_probabilities:
-            probs = torch.empty(out.logits.shape, dtype=torch.float32, device=out.logits.device)
-        temperature, top_p = self.heads(hidden, out.logits, probs)
-        return AutoDecoOutput(logits=out.logits, temperature=temperature, top_p=top_p, cache=out.cache, probs=probs)
+            device = out.logits.device
+            softmax = SoftmaxOut(
+                torch.empty(out.logits.shape, dtype=torch.float32, device=device),
+                torch.empty((*out.logits.shape[:-1], min(CANDIDATES, out.logits.shape[-1])), dtype=torch.long, device=device),
+            )
+        temperature, top_p = self.heads(hidden, out.logits, softmax)
+        return AutoDecoOutput(
+            logits=out.logits, temperature=temperature, top_p=top_p, cache=out.cache,
+            probs=None if softmax is None else softmax.probs, probs_top_ids=None if softmax is None else softmax.top_ids,
+        )
 
     # ------------------------------------------------------------------ Hugging Face style generate
     @torch.no_grad()

@@ -24,6 +24,7 @@ import torch
 from autodeco.errors import AutoDecoError
 
 DECODING_MODES = ("autodeco", "static", "greedy", "dynatemp")
+NEUTRAL_CONTROLS = (1.0, 1.0, 0.0, math.inf, 0.0, 1.0)  # temperature/top-p scales, then t_min, t_max, p_min, p_max
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,7 @@ class BatchedSampling:
     top_k: torch.Tensor | None  # None when no row filters, so the common case skips the work
     min_p: torch.Tensor | None
     needs_heads: bool  # some row decodes with the learned values: the model must run its heads
+    learned_as_is: bool  # every row decodes with the learned values and no user controls
     needs_entropy: bool  # some row derives T from the logits' entropy
     all_greedy: bool  # every row takes the argmax: no randomness needed
 
@@ -184,6 +186,10 @@ class BatchedSampling:
             top_k=column(top_k, torch.long) if any(top_k) else None,
             min_p=column(min_p) if any(min_p) else None,
             needs_heads=any(p.decoding == "autodeco" for p in params),
+            learned_as_is=all(
+                p.decoding == "autodeco" and (p.temperature_scale, p.top_p_scale, p.t_min, p.t_max, p.p_min, p.p_max) == NEUTRAL_CONTROLS
+                for p in params
+            ),
             needs_entropy=any(p.decoding == "dynatemp" and not p.is_greedy for p in params),
             all_greedy=all(p.is_greedy for p in params),
         )
@@ -205,6 +211,8 @@ class BatchedSampling:
             if self.needs_heads:
                 raise AutoDecoError("this batch decodes with the learned T and P, but the model output carries none")
             return temperature, self.static_top_p
+        if self.learned_as_is:  # what apply_user_controls would return, without its dozen small ops
+            return learned_temperature.float(), learned_top_p.float()
         auto_t, auto_p = apply_user_controls(
             learned_temperature.float(), learned_top_p.float(),
             self.temperature_scale, self.top_p_scale, self.t_min, self.t_max, self.p_min, self.p_max,
@@ -224,6 +232,9 @@ def _non_finite_error(rows: torch.Tensor) -> AutoDecoError:
 
 BLOCK = 128  # entries per block in the block-maximum searches below
 CANDIDATES = 64  # the fast sampler's first list: enough for the nucleus of most steps of a trained model
+# A softmax the caller computed at T + 1e-8 (the released guard, see heads.statistics_temperature)
+# serves rows sampled at T: it moves the log-ratio of two tokens g nats apart by g * 1e-8 / T.
+GUARD_TOLERANCE = 2e-8
 
 
 def _blocks(values: torch.Tensor) -> torch.Tensor | None:
@@ -341,9 +352,15 @@ def _full_nucleus(probs: torch.Tensor, total: torch.Tensor, top_p: torch.Tensor,
     return _nucleus(sorted_probs, sorted_ids, total, top_p, top_k, min_p, frontier=None)
 
 
-def _head_nucleus(probs: torch.Tensor, total: torch.Tensor, top_p: torch.Tensor, top_k: torch.Tensor | None, min_p: torch.Tensor | None) -> _Nucleus:
-    """The nucleus as far as each row's :data:`CANDIDATES` most likely tokens decide it."""
-    listed, ids = top_candidates(probs, CANDIDATES)
+def _head_nucleus(
+    probs: torch.Tensor, total: torch.Tensor, top_p: torch.Tensor, top_k: torch.Tensor | None, min_p: torch.Tensor | None, ids: torch.Tensor | None = None
+) -> _Nucleus:
+    """The nucleus as far as each row's :data:`CANDIDATES` most likely tokens decide it (their
+    ids, descending, if the caller has them)."""
+    if ids is None:
+        listed, ids = top_candidates(probs, CANDIDATES)
+    else:
+        listed = probs.gather(-1, ids)
     frontier = listed[..., -1:] if listed.shape[-1] < probs.shape[-1] else None  # ties may lie outside
     return _nucleus(listed, ids, total, top_p, top_k, min_p, frontier)
 
@@ -351,17 +368,24 @@ def _head_nucleus(probs: torch.Tensor, total: torch.Tensor, top_p: torch.Tensor,
 def _threshold_nucleus(probs: torch.Tensor, total: torch.Tensor, top_p: torch.Tensor, top_k: torch.Tensor | None, min_p: torch.Tensor | None) -> _Nucleus:
     """The nucleus of rows with many tokens in it, from the tokens with p >= tau only.
 
-    tau is the largest power of two whose tokens hold top_p of the row's mass (one pass:
-    the mass per binary exponent of p), so the nucleus lies among them; those few are sorted.
+    tau is the largest power of two 2^-j (j < 64, else 0) whose tokens hold top_p of the row's
+    mass, so the nucleus lies among them; those few are sorted. j is found by bisection: six
+    masked sums per row, each over p * 2^j against the one threshold 1, so that a fast scalar
+    threshold does the masking (a histogram of exponents would need a serial scatter, 3x slower).
     """
     rows = probs.shape[0]
-    # p in [2^-(b+1), 2^-b) for bucket b: the float32 exponent field, read without a log
-    buckets = (126 - (probs.view(torch.int32) >> 23)).clamp_(0, 63).long()
-    mass = torch.zeros(rows, 64, dtype=probs.dtype, device=probs.device).scatter_add_(1, buckets, probs)
-    bucket = (mass.cumsum(dim=-1).double() < (top_p * total).unsqueeze(-1)).sum(dim=-1, keepdim=True)
-    tau = torch.where(bucket < 63, torch.exp2(-(bucket + 1).to(probs.dtype)), torch.zeros_like(bucket, dtype=probs.dtype))
+    target = top_p.double().unsqueeze(-1) * total.double().unsqueeze(-1)
+    low = torch.ones(rows, 1, dtype=torch.long, device=probs.device)
+    high = torch.full_like(low, 64)  # j = 64 stands for tau = 0, which holds everything
+    below_one = math.nextafter(1.0, 0.0)
+    for _ in range(6):  # log2(64) halvings of [low, high]
+        middle = (low + high) // 2
+        scale = torch.exp2(middle.to(probs.dtype))  # exact: a power of two
+        held = torch.nn.functional.threshold(probs * scale, below_one, 0.0).sum(dim=-1, keepdim=True) / scale
+        holds = (held >= target) & (middle < 64)
+        high, low = torch.where(holds, middle, high), torch.where(holds, low, middle + 1)
+    tau = torch.where(high < 64, torch.exp2(-high.to(probs.dtype)), 0.0)
     kept = probs >= tau
-    frontier = torch.where(kept, -1.0, probs).amax(dim=-1, keepdim=True)
     row, col = kept.nonzero(as_tuple=True)  # row-major: each row's tokens in vocabulary order
     counts = torch.bincount(row, minlength=rows)
     position = torch.arange(row.numel(), device=probs.device) - (counts.cumsum(0) - counts)[row]
@@ -369,7 +393,12 @@ def _threshold_nucleus(probs: torch.Tensor, total: torch.Tensor, top_p: torch.Te
     listed = probs.new_zeros(rows, width).index_put_((row, position), probs[row, col])
     sorted_probs, order = listed.sort(dim=-1, descending=True)  # the zero padding stays on the right
     sorted_ids = col.new_zeros(rows, width).index_put_((row, position), col).gather(-1, order)
-    return _nucleus(sorted_probs, sorted_ids, total, top_p, top_k, min_p, frontier)
+    frontier = torch.nextafter(tau, torch.full_like(tau, -1.0))  # every token left out lies below tau
+    nucleus = _nucleus(sorted_probs, sorted_ids, total, top_p, top_k, min_p, frontier)
+    # the list's mass, summed in float64 as the nucleus sums it, must reach the target: the float32
+    # sums above may round the other way
+    nucleus.exact &= (top_p >= 1) | (nucleus.cdf[:, -1:] >= target).squeeze(-1)
+    return nucleus
 
 
 def top_p_probs(
@@ -399,11 +428,28 @@ def top_p_probs(
     return torch.where((temperature <= 0).unsqueeze(-1), argmax, probs)
 
 
-def _draw(nucleus: _Nucleus, uniforms: torch.Tensor) -> torch.Tensor:
-    """Inverse-CDF sampling over each row's kept tokens, in descending order."""
-    target = uniforms.unsqueeze(-1) * nucleus.cdf.gather(-1, nucleus.kept - 1)
-    position = torch.searchsorted(nucleus.cdf, target, right=True).clamp_max(nucleus.kept - 1)
+def _draw(nucleus: _Nucleus, uniforms: torch.Tensor, mass: torch.Tensor | None = None) -> torch.Tensor:
+    """Inverse-CDF sampling over each row's kept tokens, in descending order: the first whose
+    cumulative mass exceeds u * ``mass [B, 1]`` (by default the kept tokens' own mass)."""
+    if mass is None:
+        mass = nucleus.cdf.gather(-1, nucleus.kept - 1)
+    position = torch.searchsorted(nucleus.cdf, uniforms.unsqueeze(-1) * mass, right=True).clamp_max(nucleus.kept - 1)
     return nucleus.sorted_ids.gather(-1, position).squeeze(-1)
+
+
+def _draw_if_settled(nucleus: _Nucleus, uniforms: torch.Tensor, total: torch.Tensor, top_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens, settled [B]) for top-p rows whose nucleus runs past the listed tokens.
+
+    Such a nucleus holds between top_p * total and total of the mass, so the inverse-CDF draw
+    u * (its mass) lies in [u * top_p * total, u * total]. Where that whole range falls on one
+    listed token, that token is the exact draw, whatever the nucleus: most draws land well inside
+    the list (a trained model's nucleus has a few likely tokens and a long tail), and only the
+    others need the nucleus found further.
+    """
+    upper = total.double().unsqueeze(-1)
+    inside = (uniforms.unsqueeze(-1) * upper < nucleus.cdf.gather(-1, nucleus.kept - 1)).squeeze(-1)
+    tokens = _draw(nucleus, uniforms, top_p.double().unsqueeze(-1) * upper)
+    return tokens, inside & (tokens == _draw(nucleus, uniforms, upper))
 
 
 def _draw_untruncated(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
@@ -424,21 +470,26 @@ def sample_tokens(
     uniforms: torch.Tensor | None = None,
     probs: torch.Tensor | None = None,
     probs_temperature: torch.Tensor | None = None,
+    probs_top_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Draw one token per row from :func:`top_p_probs` -> ``LongTensor [B]``, without sorting
     the vocabulary.
 
     Each filtered row first looks only at its :data:`CANDIDATES` most likely tokens (found by
     :func:`top_candidates`); if the nucleus ends strictly above the least likely of them, they
-    decide it exactly. Rows with longer nuclei take the tokens above a threshold that provably
-    holds the nucleus (:func:`_threshold_nucleus`), and sort only those; the full sort is left for
-    what neither decides (a top-k reaching past both lists). Unfiltered rows (top_p >= 1, no
+    decide it exactly. A longer top-p nucleus often need not be found at all: the draw is settled
+    when it lands on the same listed token whatever the nucleus's mass (:func:`_draw_if_settled`).
+    The rows left take the tokens above a threshold that provably holds the nucleus
+    (:func:`_threshold_nucleus`), and sort only those; the full sort is left for what neither
+    list decides (a top-k reaching past both). Unfiltered rows (top_p >= 1, no
     top-k or min-p) sample the whole row in vocabulary order.
     One uniform per row, from ``uniforms [B]`` if given (see :func:`counter_uniforms`) or else
-    from ``generator``. ``probs [B, V]``: a float32 softmax(logits / probs_temperature) the
-    caller has already (the top-p head takes one at the learned T + 1e-8); rows sampled at that
-    very T use it, the others are recomputed in place. Raises :class:`AutoDecoError` on NaN/inf
-    logits instead of sampling garbage.
+    from ``generator``. ``probs [B, V]``: a float32 softmax(logits / probs_temperature), up to a
+    positive factor per row, that the caller has already (the top-p head takes one at the learned
+    T + 1e-8); rows sampled within :data:`GUARD_TOLERANCE` of that T use it, the others are
+    recomputed in place. ``probs_top_ids [B, CANDIDATES]``: the ids of each row's largest probs,
+    descending, if the caller has them (the statistics do), which spares the first list's search.
+    Raises :class:`AutoDecoError` on NaN/inf logits instead of sampling garbage.
     """
     greedy = temperature <= 0
     untruncated = ~greedy & (top_p >= 1)
@@ -446,7 +497,7 @@ def sample_tokens(
         untruncated &= top_k <= 0
     if min_p is not None:
         untruncated &= min_p <= 0
-    stale = torch.ones_like(greedy) if probs is None else (probs_temperature != temperature) & ~greedy
+    stale = torch.ones_like(greedy) if probs is None else ((probs_temperature - temperature).abs() > GUARD_TOLERANCE) & ~greedy
     flags = torch.stack([greedy.all(), greedy.any(), untruncated.any(), stale.all(), stale.any()]).tolist()
     all_greedy, any_greedy, any_untruncated, all_stale, any_stale = flags
     if all_greedy:
@@ -466,9 +517,13 @@ def sample_tokens(
         uniforms = torch.rand(logits.shape[0], generator=generator, dtype=torch.float64, device=logits.device)
     uniforms = uniforms.to(logits.device, torch.float64)
     # the first list for every row at once (no row gather); the rows it leaves go further below
-    nucleus = _head_nucleus(probs, total, top_p, top_k, min_p)
+    nucleus = _head_nucleus(probs, total, top_p, top_k, min_p, None if any_stale else probs_top_ids)
     tokens = _draw(nucleus, uniforms)
     pending = ~greedy & ~untruncated & ~nucleus.exact
+    if top_k is None and min_p is None:  # pure top-p: most draws of the longer nuclei settle here
+        settled_tokens, settled = _draw_if_settled(nucleus, uniforms, total, top_p)
+        tokens = torch.where(pending & settled, settled_tokens, tokens)
+        pending &= ~settled
     all_finite, any_pending = torch.stack([finite.all(), pending.any()]).tolist()  # the second host sync
     if not all_finite:
         raise _non_finite_error(~finite)
