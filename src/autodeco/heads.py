@@ -49,9 +49,9 @@ def probability_statistics(logits: torch.Tensor, temperature: torch.Tensor, out:
     most V * 1e-8 nats (0.003 at V = 262k; 2e-5 on average over real Gemma-3-270M steps, the
     size of float32 rounding in the released formula itself). Dropping it gives the entropy from
     sums the other statistics need anyway, -sum q ln q = ln S - sum q (logits / T - max), with no
-    log per token: at a 262k vocabulary these passes cost as much as the rest of the decode step's
-    extra work, so there are few (one exponential, four reductions, the block search of
-    :func:`top_candidates` for the top 5), over rows in chunks that stay in cache.
+    log per token: at a 262k vocabulary these passes are most of what AutoDeco adds to a decode
+    step, so there are few, in place where they can be (one copy, one exponential, three
+    reductions, the block search of :func:`top_candidates`), over chunks of rows.
     ``out``, if given, receives q up to a factor per row and the ids of its largest entries
     (found anyway for the top 5): decoding at the learned T samples from them, with no second
     pass over the vocabulary.
