@@ -16,7 +16,7 @@ from pathlib import Path
 import transformers
 from transformers import AutoTokenizer
 
-from autodeco.engine import _RowText
+from autodeco.engine import RowText
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -33,7 +33,7 @@ def main() -> None:
     ids = tokenizer(text, add_special_tokens=False).input_ids[: args.tokens]
 
     start = time.perf_counter()
-    row = _RowText(tokenizer, (), set())
+    row = RowText(tokenizer, (), set())
     for token in ids:
         row.add(token)
     incremental = time.perf_counter() - start

@@ -168,12 +168,12 @@ def test_static_and_greedy_batches_do_not_pay_for_the_heads(make_model, tokenize
 
 
 def test_incremental_detokenisation_matches_a_full_decode(tokenizer):
-    from autodeco.engine import _RowText
+    from autodeco.engine import RowText
 
     text = "Héllo wörld 😀 ok\n  spaces  and 日本語 text. Answer: 42"
     ids = tokenizer(text, add_special_tokens=False).input_ids
     assert len(ids) > len(text.split())  # multi-byte characters span several byte-level tokens
-    row, pieces = _RowText(tokenizer, (), set()), []
+    row, pieces = RowText(tokenizer, (), set()), []
     for token in ids:
         row.add(token)
         pieces.append(row.last_piece)

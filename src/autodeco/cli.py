@@ -341,5 +341,43 @@ def demo(
     err.print(f"\nWrote {html}: every token with its T and P on hover, and a plot of T and P along each answer.")
 
 
+@app.command()
+def serve(
+    model: Annotated[Optional[str], typer.Option(help="Base model folder or hub id (or a merged AutoDeco checkpoint).")] = None,
+    heads: Annotated[Optional[Path], typer.Option(help="Heads folder or shipped heads by name (gemma-3-270m).")] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on (loopback unless you expose it on purpose).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    api_key: Annotated[Optional[str], typer.Option(help="Require 'Authorization: Bearer KEY' on /v1 routes.", envvar="AUTODECO_API_KEY")] = None,
+    max_batch_size: Annotated[int, typer.Option(help="Most sequences decoding together.")] = 32,
+    max_queue: Annotated[int, typer.Option(help="Most requests waiting for room; more get 429.")] = 256,
+    name: Annotated[Optional[str], typer.Option(help="Model name clients send and see (default: --model).")] = None,
+    dtype: DtypeOption = "auto",
+    device: DeviceOption = None,
+    trust_remote_code: TrustOption = False,
+) -> None:
+    """Serve the OpenAI API (/v1/completions, /v1/chat/completions, /v1/models) with learned decoding."""
+    try:
+        import uvicorn
+
+        from autodeco.serving.app import create_app
+    except ImportError as missing:
+        _fail(f"autodeco serve needs the serve extra ({missing.name} is missing): pip install 'autodeco[serve]'")
+    from autodeco.serving.scheduler import Scheduler
+
+    try:
+        if max_batch_size < 1 or max_queue < 0:
+            raise AutoDecoError("--max-batch-size must be >= 1 and --max-queue >= 0")
+        with err.status("Loading model ..."):
+            autodeco, tokenizer = load_model_and_tokenizer(model, heads, dtype, device, trust_remote_code)
+    except AutoDecoError as error:
+        _fail(str(error))
+    scheduler = Scheduler(autodeco, tokenizer, max_batch_size=max_batch_size, max_queue=max_queue)
+    scheduler.start()
+    try:
+        uvicorn.run(create_app(scheduler, name or model or "autodeco", api_key=api_key), host=host, port=port, log_level="info")
+    finally:
+        scheduler.stop()
+
+
 if __name__ == "__main__":  # python -m autodeco.cli (e.g. under accelerate launch -m)
     app()

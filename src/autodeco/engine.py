@@ -8,7 +8,7 @@ traces of the temperature and top-p used for every token.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
@@ -28,6 +28,8 @@ class TokenTrace:
     text: str
     temperature: float
     top_p: float
+    logprob: float | None = None  # under the model's own softmax, when asked for
+    top_logprobs: list[tuple[int, float]] = field(default_factory=list)  # (id, logprob), most likely first
 
 
 @dataclass
@@ -95,7 +97,7 @@ class StreamEvent:
 
 
 @dataclass
-class _RowText:
+class RowText:
     """Incremental detokenisation of one row: each token's own text, stop strings, hold-back.
 
     Each step decodes only the new tokens plus a few tokens of left context (the method of
@@ -146,6 +148,17 @@ class _RowText:
         self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
         return text[len(context):]
 
+    def event(self, index: int, token: TokenTrace, reason: str | None, prompt_tokens: int) -> "StreamEvent | None":
+        """The event for ``token`` (already :meth:`add`-ed) that ends the row with ``reason`` or
+        not; None when there is nothing to report yet (text held back). EOS, and a token whose
+        text lies wholly inside a stop string, are not part of the answer."""
+        keep = token.token_id not in self.eos_ids and not (self.stopped and reason == "stop" and not self.last_piece)
+        traces = [replace(token, text=self.last_piece)] if keep else []
+        text = self.flushable(final=reason is not None)
+        if not (text or traces or reason is not None):
+            return None
+        return StreamEvent(index, text, traces, reason, prompt_tokens, None if keep or reason != "stop" else token.token_id)
+
     def flushable(self, final: bool) -> str:
         """Answer text safe to stream now: all of it at the end; otherwise hold back any tail
         that could still grow into a stop string."""
@@ -180,7 +193,8 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt]
     return encoded
 
 
-def _eos_ids(model: Any, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+def eos_ids(model: Any, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """Every id that ends an answer: the generation config's, the model config's, the tokenizer's."""
     ids: set[int] = set()
     for source in (model.llm.generation_config.eos_token_id, model.config.get_text_config().eos_token_id, tokenizer.eos_token_id):
         if source is not None:
@@ -210,8 +224,8 @@ def stream(
     token_ids = encode_prompts(tokenizer, prompt_list, chat)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     input_ids, attention_mask = left_pad(token_ids, pad, model.device)
-    eos = _eos_ids(model, tokenizer)
-    rows = [_RowText(tokenizer, p.stop, eos) for p in param_list]
+    eos = eos_ids(model, tokenizer)
+    rows = [RowText(tokenizer, p.stop, eos) for p in param_list]
 
     def stop_test(row: int, token: int) -> bool:
         rows[row].add(token)
@@ -221,13 +235,10 @@ def stream(
         for row, token in enumerate(step.tokens):
             if token < 0:
                 continue
-            reason, piece = step.finish_reasons[row], rows[row].last_piece
-            # EOS, and a token whose text lies wholly inside a stop string, are not part of the answer
-            keep = token not in eos and not (rows[row].stopped and reason == "stop" and not piece)
-            traces = [TokenTrace(token, piece, step.temperatures[row], step.top_ps[row])] if keep else []
-            text = rows[row].flushable(final=reason is not None)
-            if text or traces or reason is not None:
-                yield StreamEvent(row, text, traces, reason, len(token_ids[row]), None if keep or reason != "stop" else token)
+            trace = TokenTrace(token, "", step.temperatures[row], step.top_ps[row])
+            event = rows[row].event(row, trace, step.finish_reasons[row], len(token_ids[row]))
+            if event is not None:
+                yield event
 
 
 def _as_prompt_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:

@@ -1,0 +1,180 @@
+"""Continuous batching on token ids: rows join and leave a running batch between decode steps.
+
+:func:`autodeco.decoding.decode` runs one fixed batch to its end; a server needs more: a request
+that arrives while others decode is prefilled on its own and merged into the running batch's KV
+cache (:mod:`autodeco.kv_cache`), and a row that finishes, or whose client goes away, leaves at
+once. Each row keeps its own seed and step counter, so its tokens do not depend on the batch it
+shares (the sampler's uniforms are a hash of the two). No tokenizer here: stop strings and text
+are the caller's (it calls :meth:`RunningBatch.leave`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from autodeco import kv_cache
+from autodeco.decoding import check_prompt_batch, context_length, decode_one_token, left_pad, positions_from_mask, prefill, request_seeds, sample_step
+from autodeco.sampling import BatchedSampling, SamplingParams, counter_uniforms
+
+
+@dataclass
+class RowRequest:
+    """One sequence to generate: its prompt ids, how it decodes, and a caller's ``key`` that
+    names it in events. ``logprobs``: also report each token's log-probability and this many
+    most likely alternatives (0: only the token's; None: none)."""
+
+    key: Any
+    prompt: list[int]
+    params: SamplingParams
+    logprobs: int | None = None
+
+
+@dataclass
+class TokenEvent:
+    """A row's new token with the T and P that sampled it; ``finish_reason`` is "stop" (EOS) or
+    "length" (max_new_tokens or the context) on its last token. ``logprob`` and ``top_logprobs``
+    ([(id, logprob)], most likely first) are under the model's own softmax, when asked for."""
+
+    key: Any
+    token: int
+    temperature: float
+    top_p: float
+    finish_reason: str | None
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass
+class _Row:
+    request: RowRequest
+    seed: int
+    budget: int  # new tokens allowed: max_new_tokens, or what the context leaves
+    tokens: list[int] = field(default_factory=list)  # generated so far, the pending one included
+
+
+class RunningBatch:
+    """The rows decoding together and their KV cache.
+
+    Between steps every row has one pending token (sampled, reported, not yet fed to the model);
+    :meth:`advance` feeds them all and samples the next, :meth:`join` prefills new rows and
+    samples their first. Rows leave when they finish or through :meth:`leave`.
+    """
+
+    def __init__(self, model: Any, eos_token_ids: set[int]) -> None:
+        self.model = model
+        self.eos_token_ids = eos_token_ids
+        self.limit = context_length(model)
+        self.rows: list[_Row] = []
+        self._cache: Any = None
+        self._mask: torch.Tensor | None = None  # [B, L]: one column per cached position
+        self._pending: torch.Tensor | None = None  # [B] the tokens to feed next
+        self._sampling: BatchedSampling | None = None
+        self._seeds: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def keys(self) -> list[Any]:
+        return [row.request.key for row in self.rows]
+
+    def join(self, requests: list[RowRequest]) -> list[TokenEvent]:
+        """Prefill ``requests`` as one batch, sample their first tokens, and add them to the
+        running rows. Raises :class:`autodeco.AutoDecoError` for prompts the model cannot take."""
+        if not requests:
+            return []
+        device = self.model.device
+        input_ids, mask = left_pad([r.prompt for r in requests], 0, device)
+        check_prompt_batch(self.model, input_ids, mask)
+        params = [r.params for r in requests]
+        sampling = BatchedSampling.from_params(params, device)
+        seeds = request_seeds(params, device)
+        out = prefill(self.model, input_ids, mask, sampling.needs_heads)
+        new_rows = [
+            _Row(r, seed, r.params.max_new_tokens if self.limit is None else min(r.params.max_new_tokens, self.limit - len(r.prompt)))
+            for r, seed in zip(requests, seeds.tolist())
+        ]
+        tokens, temperature, top_p = sample_step(out, sampling, counter_uniforms(seeds, torch.zeros_like(seeds)))
+        events = self._events(new_rows, out.logits[:, -1], tokens, temperature, top_p)
+        if not self.rows:
+            self._cache, self._mask, self._pending = out.cache, mask, tokens
+        else:
+            merged = kv_cache.merge(self._cache, self._mask, out.cache, mask)
+            self._pending = torch.cat([self._pending, tokens])
+            if merged is None:  # a cache kind that cannot be padded: prefill every row again
+                self.rows += new_rows
+                self._rebuild()
+                return self._finish(events)
+            self._mask = merged
+        self.rows += new_rows
+        self._sampling = BatchedSampling.from_params([r.request.params for r in self.rows], device)
+        self._seeds = seeds if self._seeds is None else torch.cat([self._seeds, seeds])
+        return self._finish(events)
+
+    def advance(self) -> list[TokenEvent]:
+        """One decode step for every row: feed the pending tokens, sample the next ones."""
+        if not self.rows:
+            return []
+        self._mask = torch.cat([self._mask, self._mask.new_ones(len(self.rows), 1)], dim=-1)
+        positions = positions_from_mask(self._mask)[:, -1:]
+        out = decode_one_token(self.model, self._pending, self._mask, positions, self._cache, self._sampling.needs_heads)
+        self._cache = out.cache
+        steps = torch.tensor([len(row.tokens) for row in self.rows], device=self._seeds.device)
+        tokens, temperature, top_p = sample_step(out, self._sampling, counter_uniforms(self._seeds, steps))
+        self._pending = tokens
+        return self._finish(self._events(self.rows, out.logits[:, -1], tokens, temperature, top_p))
+
+    def leave(self, keys: set[Any]) -> None:
+        """Drop the rows named by ``keys`` (finished, or their client went away)."""
+        keep = [i for i, row in enumerate(self.rows) if row.request.key not in keys]
+        if len(keep) == len(self.rows):
+            return
+        self.rows = [self.rows[i] for i in keep]
+        if not self.rows:
+            self._cache = self._mask = self._pending = self._sampling = self._seeds = None
+            return
+        index = torch.tensor(keep, device=self._pending.device)
+        self._mask = kv_cache.select_rows(self._cache, self._mask, index)
+        self._pending, self._seeds = self._pending[index], self._seeds[index]
+        self._sampling = BatchedSampling.from_params([r.request.params for r in self.rows], self._pending.device)
+
+    def _events(self, rows: list[_Row], logits: torch.Tensor, tokens: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor) -> list[TokenEvent]:
+        """Record each row's new token; the finish reason by EOS and budget."""
+        host = torch.stack([tokens.double(), temperature.double(), top_p.double()]).cpu().tolist()
+        wanted = [i for i, row in enumerate(rows) if row.request.logprobs is not None]
+        chosen: dict[int, tuple[float, list[tuple[int, float]]]] = {}
+        if wanted:
+            index = torch.tensor(wanted, device=logits.device)
+            log_probs = torch.log_softmax(logits[index].float(), dim=-1)
+            picked = log_probs.gather(-1, tokens[index].unsqueeze(-1)).squeeze(-1).tolist()
+            top = max(rows[i].request.logprobs for i in wanted)
+            best = log_probs.topk(top, dim=-1) if top else None
+            for n, i in enumerate(wanted):
+                k = rows[i].request.logprobs
+                alternatives = list(zip(best.indices[n, :k].tolist(), best.values[n, :k].tolist())) if k else []
+                chosen[i] = (picked[n], alternatives)
+        events = []
+        for i, row in enumerate(rows):
+            token = int(host[0][i])
+            row.tokens.append(token)
+            reason = "stop" if token in self.eos_token_ids else "length" if len(row.tokens) >= row.budget else None
+            logprob, alternatives = chosen.get(i, (None, []))
+            events.append(TokenEvent(row.request.key, token, host[1][i], host[2][i], reason, logprob, alternatives))
+        return events
+
+    def _finish(self, events: list[TokenEvent]) -> list[TokenEvent]:
+        """Rows whose event ends them leave now."""
+        self.leave({e.key for e in events if e.finish_reason is not None})
+        return events
+
+    def _rebuild(self) -> None:
+        """Prefill every row's prompt and generated tokens (all but the pending one) as a new
+        batch: the fallback when caches cannot be merged."""
+        sequences = [row.request.prompt + row.tokens[:-1] for row in self.rows]
+        input_ids, self._mask = left_pad(sequences, 0, self.model.device)
+        self._sampling = BatchedSampling.from_params([r.request.params for r in self.rows], self.model.device)
+        self._cache = prefill(self.model, input_ids, self._mask, compute_heads=False).cache
+        self._seeds = torch.tensor([row.seed for row in self.rows], device=self.model.device)

@@ -1,0 +1,67 @@
+"""Row surgery on Hugging Face KV caches, for continuous batching: rows leave, rows join.
+
+A decoding batch is left-padded: every row's newest token sits in the last column, and the
+attention mask marks each row's padding. Two such batches merge by padding the shorter one's
+keys and values on the left to the longer one's length (RoPE is applied before keys are cached,
+so a key does not depend on its column). Sliding-window layers keep their last ``window - 1``
+columns, right-aligned, the same way. Other layer kinds (quantised, static, linear-attention,
+indexed) are not merged: :func:`merge` returns False and the caller rebuilds the batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import Cache, DynamicLayer, DynamicSlidingWindowLayer
+
+MERGEABLE_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer)
+
+
+def pad_left(values: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    """``values`` with zeros prepended along ``dim`` up to ``width`` entries."""
+    missing = width - values.shape[dim]
+    if missing <= 0:
+        return values
+    shape = list(values.shape)
+    shape[dim] = missing
+    return torch.cat([values.new_zeros(shape), values], dim=dim)
+
+
+def mergeable(cache: Cache) -> bool:
+    """Whether every layer of ``cache`` is a kind :func:`merge` can pad."""
+    return all(type(layer) in MERGEABLE_LAYERS and layer.is_initialized for layer in cache.layers)
+
+
+def merge(cache: Cache, mask: torch.Tensor, other: Cache, other_mask: torch.Tensor) -> torch.Tensor | None:
+    """Append ``other``'s rows to ``cache`` (in place), both left-padded to the longer length;
+    returns the merged attention mask, or None (and leaves ``cache`` as it was) when a layer
+    cannot be merged. ``mask [B, L]`` and ``other_mask [B', L']`` are the rows' attention masks,
+    one column per cached position."""
+    if not (mergeable(cache) and mergeable(other)) or len(cache.layers) != len(other.layers):
+        return None
+    if any(type(a) is not type(b) for a, b in zip(cache.layers, other.layers)):
+        return None
+    width = max(mask.shape[1], other_mask.shape[1])
+    for layer, joining in zip(cache.layers, other.layers):
+        stored = width if type(layer) is DynamicLayer else min(width, layer.sliding_window - 1)
+        for name in ("keys", "values"):
+            merged = torch.cat([pad_left(getattr(layer, name), stored, -2), pad_left(getattr(joining, name), stored, -2)], dim=0)
+            setattr(layer, name, merged[..., -stored:, :])
+        if type(layer) is DynamicSlidingWindowLayer:
+            layer.cumulative_length = width
+    return torch.cat([pad_left(mask, width, 1), pad_left(other_mask, width, 1)], dim=0)
+
+
+def select_rows(cache: Cache, mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Keep only ``rows`` of ``cache`` (in place) and drop the columns that are padding in every
+    row left; returns the new attention mask."""
+    cache.batch_select_indices(rows)
+    mask = mask[rows]
+    unused = int(mask.any(dim=0).long().argmax()) if mask.numel() else 0  # leading all-padding columns
+    if unused and mergeable(cache):
+        mask = mask[:, unused:]
+        width = mask.shape[1]
+        for layer in cache.layers:
+            layer.keys, layer.values = layer.keys[..., -min(width, layer.keys.shape[-2]):, :], layer.values[..., -min(width, layer.values.shape[-2]):, :]
+            if type(layer) is DynamicSlidingWindowLayer:
+                layer.cumulative_length = width
+    return mask

@@ -1,0 +1,1 @@
+"""An OpenAI-compatible server with learned decoding: ``autodeco serve``."""
