@@ -13,6 +13,7 @@ benchmarks/results/serve_load-<name>.json and .md.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import socket
@@ -20,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -64,25 +64,25 @@ def start_server(model: str, heads: str, max_batch_size: int) -> tuple[subproces
     raise SystemExit("the server did not start within 10 minutes")
 
 
-def one_request(url: str, index: int, max_tokens: int) -> dict:
-    """A streamed completion: latency, time to first token, tokens, or the error."""
+async def one_request(client: httpx.AsyncClient, url: str, index: int, max_tokens: int) -> dict:
+    """A streamed completion: latency, time to first token, tokens, or the error. Only the last
+    chunk (usage) is parsed, to keep the client's own CPU use small."""
     body = {"prompt": PROMPTS[index % len(PROMPTS)], "max_tokens": max_tokens, "seed": index, "stream": True, "stream_options": {"include_usage": True}}
     start = time.perf_counter()
     first, tokens = None, 0
     try:
-        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=600) as response:
+        async with client.stream("POST", f"{url}/v1/completions", json=body, timeout=600) as response:
             if response.status_code != 200:
                 return {"error": f"HTTP {response.status_code}"}
-            for line in response.iter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
+            async for line in response.aiter_lines():
+                if not line.startswith("data: {"):
                     continue
-                chunk = json.loads(line[6:])
-                if "error" in chunk:
-                    return {"error": chunk["error"]["message"]}
-                if chunk["choices"] and first is None:
+                if '"error"' in line[:20]:
+                    return {"error": json.loads(line[6:])["error"]["message"]}
+                if first is None and '"text"' in line:
                     first = time.perf_counter() - start
-                if chunk.get("usage"):
-                    tokens = chunk["usage"]["completion_tokens"]
+                if '"usage": {' in line:
+                    tokens = json.loads(line[6:])["usage"]["completion_tokens"]
     except httpx.HTTPError as error:
         return {"error": repr(error)}
     return {"latency": time.perf_counter() - start, "first_token": first, "tokens": tokens}
@@ -94,10 +94,22 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def load(url: str, clients: int, requests: int, max_tokens: int) -> dict:
-    """``requests`` completions from ``clients`` concurrent clients."""
+    """``requests`` completions from ``clients`` concurrent clients (one event loop)."""
+
+    async def run() -> list[dict]:
+        queue = list(range(requests))
+        results: list[dict] = []
+        limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+        async with httpx.AsyncClient(limits=limits) as client:
+            async def worker() -> None:
+                while queue:
+                    results.append(await one_request(client, url, queue.pop(0), max_tokens))
+
+            await asyncio.gather(*(worker() for _ in range(clients)))
+        return results
+
     start = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        results = list(pool.map(lambda i: one_request(url, i, max_tokens), range(requests)))
+    results = asyncio.run(run())
     wall = time.perf_counter() - start
     good = [r for r in results if "error" not in r]
     latencies, firsts = [r["latency"] for r in good], [r["first_token"] for r in good if r["first_token"] is not None]
@@ -125,7 +137,7 @@ def main() -> None:
         model, heads = (args.model, args.heads) if args.model else tiny_checkpoint(Path(folder))
         process, url = start_server(model, heads, max_batch_size=max(levels))
         try:
-            one_request(url, 0, 4)  # warm-up
+            load(url, 1, 2, 4)  # warm-up
             rows = []
             for clients in levels:
                 rows.append(load(url, clients, max(args.requests, clients), args.max_tokens))

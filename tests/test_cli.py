@@ -148,3 +148,10 @@ def test_eval_static_strategies_need_no_heads_and_bad_input_fails_in_one_line(ba
 def test_sample_data_refuses_evaluation_only_tasks_before_loading_anything(tmp_path):
     result = run("sample-data", "--model", tmp_path / "no-model", "--task", "mmath", "--out", tmp_path / "d.jsonl")
     assert result.exit_code == 2 and "has no training split" in result.output
+
+
+def test_serve_names_bad_settings_and_missing_heads_before_binding(tmp_path, heads_dir):
+    bad_batch = run("serve", "--heads", heads_dir, "--max-batch-size", "0")
+    assert bad_batch.exit_code == 2 and "--max-batch-size must be >= 1" in bad_batch.stderr
+    missing = run("serve", "--heads", tmp_path / "nope")
+    assert missing.exit_code == 2 and f"{tmp_path / 'nope'} does not exist" in missing.stderr

@@ -114,6 +114,17 @@ def test_chat_streaming_and_not_give_the_same_answer(client):
     assert temperatures == pytest.approx(whole.choices[0].model_extra["autodeco"]["temperature"])
 
 
+def test_stop_strings_end_the_text_and_chat_logprobs_follow_the_tokens(client):
+    free = client.completions.create(model="tiny", prompt="The quick brown", max_tokens=24, seed=4).choices[0]
+    stop = free.text[3:5]  # a piece of the text the same seed writes
+    cut = client.completions.create(model="tiny", prompt="The quick brown", max_tokens=24, seed=4, stop=[stop]).choices[0]
+    assert cut.text == free.text[: free.text.index(stop)] and cut.finish_reason == "stop"
+    chat = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=6, seed=2, logprobs=True, top_logprobs=3)
+    entries = chat.choices[0].logprobs.content
+    assert "".join(e.token for e in entries) == chat.choices[0].message.content
+    assert all(len(e.top_logprobs) == 3 and e.logprob <= 0 for e in entries)
+
+
 def test_greedy_and_static_decoding(client):
     first = client.completions.create(model="tiny", prompt="Question: What is 7 - 4?", max_tokens=8, temperature=0)
     again = client.completions.create(model="tiny", prompt="Question: What is 7 - 4?", max_tokens=8, temperature=0, seed=123)

@@ -11,7 +11,8 @@ import json
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -29,6 +30,22 @@ from autodeco.serving.scheduler import Job, QueueFull, Scheduler
 
 MAX_BODY_BYTES = 1 << 20
 DISCONNECT_POLL_S = 0.5  # how often a waiting non-streaming request checks that its client is still there
+
+
+def _coalesce(events: list[StreamEvent]) -> list[StreamEvent]:
+    """Consecutive events of each choice folded into one, in the order the choices first appear."""
+    merged: dict[int, StreamEvent] = {}
+    for event in events:
+        if event.index not in merged:
+            merged[event.index] = event
+            continue
+        earlier = merged[event.index]
+        merged[event.index] = replace(
+            earlier, text=earlier.text + event.text, tokens=earlier.tokens + event.tokens,
+            finish_reason=event.finish_reason or earlier.finish_reason,
+            stop_token_id=event.stop_token_id if event.stop_token_id is not None else earlier.stop_token_id,
+        )
+    return list(merged.values())
 
 
 class BodyTooLarge(Exception):
@@ -139,7 +156,7 @@ def create_app(
     def piece(token_id: int) -> str:
         return tokenizer.decode([token_id])
 
-    def submit(request: Request, prompt: list[int], body: protocol._Request, max_tokens: int | None, logprobs: int | None) -> Job | JSONResponse:
+    def submit(prompt: list[int], body: protocol.GenerationRequest, max_tokens: int | None, logprobs: int | None) -> Job | JSONResponse:
         if any(not 0 <= t < vocab for t in prompt):
             return error(400, f"prompt token ids must lie in [0, {vocab})", param="prompt")
         room = None if limit is None else limit - len(prompt)
@@ -181,59 +198,79 @@ def create_app(
             choices[item.index].add(item)
 
     async def events(request: Request, job: Job) -> AsyncIterator[StreamEvent | AutoDecoError]:
-        """The job's events as they come; the job is cancelled if the stream is dropped."""
+        """The job's events as they come, those that piled up meanwhile merged per choice (one
+        chunk each, however far the client fell behind); the job is cancelled if the stream is
+        dropped."""
         first = True
         try:
             while True:
-                item = await job.events.get()
-                if item is None:
+                arrived = [await job.events.get()]
+                while not job.events.empty():
+                    arrived.append(job.events.get_nowait())
+                end = next((i for i, item in enumerate(arrived) if not isinstance(item, StreamEvent)), len(arrived))
+                for item in _coalesce(arrived[:end]):
+                    if first:
+                        metrics.first_token.observe(time.perf_counter() - job.submitted)
+                        first = False
+                    yield item
+                if end < len(arrived):  # None (done) or an error
+                    if arrived[end] is not None:
+                        yield arrived[end]
                     return
-                if first and isinstance(item, StreamEvent):
-                    metrics.first_token.observe(time.perf_counter() - job.submitted)
-                    first = False
-                yield item
         finally:
             scheduler.cancel(job)  # frees the rows of a dropped stream; a no-op for a finished job
 
     def sse(payload: dict[str, Any] | str) -> str:
         return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
 
-    @app.post("/v1/completions")
-    async def completions(request: Request, body: protocol.CompletionRequest) -> Any:
-        prompt = body.prompt if isinstance(body.prompt, list) else tokenizer(body.prompt).input_ids
-        job = submit(request, prompt, body, body.max_tokens, body.logprobs)
-        if isinstance(job, JSONResponse):
-            return job
-        request_id = f"cmpl-{uuid.uuid4().hex}"
-
-        def logprobs(tokens: list[TokenTrace], offset: int) -> dict[str, Any] | None:
-            return None if body.logprobs is None else protocol.completion_logprobs(tokens, piece, offset)
-
+    async def respond(
+        request: Request, job: Job, body: protocol.GenerationRequest, prompt_tokens: int, kind: str,
+        stream_choice: Callable[[StreamEvent], dict[str, Any]], final_choice: Callable[[int, Completion], dict[str, Any]],
+        opening: list[dict[str, Any]] | None = None,
+    ) -> Any:
+        """The response to a submitted job: server-sent chunks (``kind`` + ".chunk" for chat) as
+        events come, or one object once every choice has finished."""
+        request_id = f"{'chatcmpl' if kind == 'chat.completion' else 'cmpl'}-{uuid.uuid4().hex}"
+        chunk_kind = "chat.completion.chunk" if kind == "chat.completion" else kind
         if body.stream:
             async def stream() -> AsyncIterator[str]:
-                produced, offsets = 0, [0] * body.n
+                produced = 0
+                for choice in opening or []:
+                    yield sse(protocol.envelope(chunk_kind, request_id, model_name, [choice]))
                 async for item in events(request, job):
                     if isinstance(item, AutoDecoError):
                         yield sse(protocol.error_body(str(item)))
                         break
                     produced += len(item.tokens)
-                    choice = {"index": item.index, "text": item.text, "logprobs": logprobs(item.tokens, offsets[item.index]),
-                              "finish_reason": item.finish_reason, "autodeco": protocol.extension(item.tokens)}
-                    offsets[item.index] += len(item.text)
-                    yield sse(protocol.envelope("text_completion", request_id, model_name, [choice]))
+                    yield sse(protocol.envelope(chunk_kind, request_id, model_name, [stream_choice(item)]))
                 if body.include_usage:
-                    yield sse(protocol.envelope("text_completion", request_id, model_name, [], usage=protocol.usage(len(prompt), produced)))
+                    yield sse(protocol.envelope(chunk_kind, request_id, model_name, [], usage=protocol.usage(prompt_tokens, produced)))
                 yield sse("[DONE]")
 
             return StreamingResponse(stream(), media_type="text/event-stream")
         result = await collect(request, job)
         if isinstance(result, JSONResponse):
             return result
-        choices = [
-            {"index": i, "text": c.text, "logprobs": logprobs(c.tokens, 0), "finish_reason": c.finish_reason, "autodeco": protocol.extension(c.tokens)}
-            for i, c in enumerate(result)
-        ]
-        return protocol.envelope("text_completion", request_id, model_name, choices, usage=protocol.usage(len(prompt), sum(len(c.tokens) for c in result)))
+        choices = [final_choice(i, c) for i, c in enumerate(result)]
+        return protocol.envelope(kind, request_id, model_name, choices, usage=protocol.usage(prompt_tokens, sum(len(c.tokens) for c in result)))
+
+    @app.post("/v1/completions")
+    async def completions(request: Request, body: protocol.CompletionRequest) -> Any:
+        prompt = body.prompt if isinstance(body.prompt, list) else tokenizer(body.prompt).input_ids
+        job = submit(prompt, body, body.max_tokens, body.logprobs)
+        if isinstance(job, JSONResponse):
+            return job
+        offsets = [0] * body.n  # characters streamed so far per choice: logprobs' text_offset
+
+        def choice(index: int, text: str, tokens: list[TokenTrace], finish_reason: str | None) -> dict[str, Any]:
+            logprobs = None if body.logprobs is None else protocol.completion_logprobs(tokens, piece, offsets[index])
+            offsets[index] += len(text)
+            return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason, "autodeco": protocol.extension(tokens)}
+
+        return await respond(
+            request, job, body, len(prompt), "text_completion",
+            lambda e: choice(e.index, e.text, e.tokens, e.finish_reason), lambda i, c: choice(i, c.text, c.tokens, c.finish_reason),
+        )
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request, body: protocol.ChatCompletionRequest) -> Any:
@@ -244,42 +281,22 @@ def create_app(
             return error(400, str(exc), param="messages")
         except Exception as exc:  # a chat template that rejects this conversation (e.g. role order)
             return error(400, f"the chat template rejected these messages: {exc}", param="messages")
-        top = body.top_logprobs or 0
-        job = submit(request, prompt, body, body.max_completion_tokens or body.max_tokens, top if body.logprobs else None)
+        job = submit(prompt, body, body.max_completion_tokens or body.max_tokens, (body.top_logprobs or 0) if body.logprobs else None)
         if isinstance(job, JSONResponse):
             return job
-        request_id = f"chatcmpl-{uuid.uuid4().hex}"
 
-        def logprobs(tokens: list[TokenTrace]) -> dict[str, Any] | None:
-            return protocol.chat_logprobs(tokens, piece) if body.logprobs else None
+        def choice(index: int, field: str, content: dict[str, str], tokens: list[TokenTrace], finish_reason: str | None) -> dict[str, Any]:
+            logprobs = protocol.chat_logprobs(tokens, piece) if body.logprobs else None
+            return {"index": index, field: content, "logprobs": logprobs, "finish_reason": finish_reason, "autodeco": protocol.extension(tokens)}
 
-        if body.stream:
-            async def stream() -> AsyncIterator[str]:
-                produced = 0
-                for i in range(body.n):
-                    yield sse(protocol.envelope("chat.completion.chunk", request_id, model_name, [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None, "autodeco": protocol.extension([])}]))
-                async for item in events(request, job):
-                    if isinstance(item, AutoDecoError):
-                        yield sse(protocol.error_body(str(item)))
-                        break
-                    produced += len(item.tokens)
-                    delta = {"content": item.text} if item.text or item.finish_reason is None else {}
-                    choice = {"index": item.index, "delta": delta, "logprobs": logprobs(item.tokens), "finish_reason": item.finish_reason,
-                              "autodeco": protocol.extension(item.tokens)}
-                    yield sse(protocol.envelope("chat.completion.chunk", request_id, model_name, [choice]))
-                if body.include_usage:
-                    yield sse(protocol.envelope("chat.completion.chunk", request_id, model_name, [], usage=protocol.usage(len(prompt), produced)))
-                yield sse("[DONE]")
+        def delta(event: StreamEvent) -> dict[str, Any]:
+            content = {"content": event.text} if event.text or event.finish_reason is None else {}
+            return choice(event.index, "delta", content, event.tokens, event.finish_reason)
 
-            return StreamingResponse(stream(), media_type="text/event-stream")
-        result = await collect(request, job)
-        if isinstance(result, JSONResponse):
-            return result
-        choices = [
-            {"index": i, "message": {"role": "assistant", "content": c.text}, "logprobs": logprobs(c.tokens), "finish_reason": c.finish_reason,
-             "autodeco": protocol.extension(c.tokens)}
-            for i, c in enumerate(result)
-        ]
-        return protocol.envelope("chat.completion", request_id, model_name, choices, usage=protocol.usage(len(prompt), sum(len(c.tokens) for c in result)))
+        return await respond(
+            request, job, body, len(prompt), "chat.completion", delta,
+            lambda i, c: choice(i, "message", {"role": "assistant", "content": c.text}, c.tokens, c.finish_reason),
+            opening=[choice(i, "delta", {"role": "assistant", "content": ""}, [], None) for i in range(body.n)],
+        )
 
     return app

@@ -20,7 +20,7 @@ MAX_STOP_STRINGS = 4
 MAX_TOP_LOGPROBS = 20
 
 
-class _Request(BaseModel):
+class GenerationRequest(BaseModel):
     """Fields shared by both endpoints. Unknown fields are ignored, as SDKs send extras."""
 
     model_config = ConfigDict(extra="ignore")
@@ -61,7 +61,7 @@ class _Request(BaseModel):
         return bool((self.stream_options or {}).get("include_usage"))
 
 
-class CompletionRequest(_Request):
+class CompletionRequest(GenerationRequest):
     prompt: str | list[str] | list[int]
     max_tokens: int | None = Field(16, ge=1)
     logprobs: int | None = Field(None, ge=0, le=5)
@@ -92,7 +92,7 @@ class ChatMessage(BaseModel):
         return "".join(part.get("text", "") for part in self.content if part.get("type") == "text")
 
 
-class ChatCompletionRequest(_Request):
+class ChatCompletionRequest(GenerationRequest):
     messages: list[ChatMessage]
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)

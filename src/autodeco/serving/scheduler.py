@@ -45,10 +45,20 @@ class Job:
 
     def put(self, item: StreamEvent | AutoDecoError | None) -> None:
         """Deliver an event from the decode thread to the handler's event loop."""
-        try:
-            self.loop.call_soon_threadsafe(self.events.put_nowait, item)
-        except RuntimeError:  # the loop has closed: the server is shutting down
-            pass
+        _send(self.loop, [(self, item)])
+
+
+def _send(loop: asyncio.AbstractEventLoop, items: list[tuple[Job, StreamEvent | AutoDecoError | None]]) -> None:
+    """Hand events to their jobs' queues with one wake-up of the event loop."""
+
+    def put_all() -> None:
+        for job, item in items:
+            job.events.put_nowait(item)
+
+    try:
+        loop.call_soon_threadsafe(put_all)
+    except RuntimeError:  # the loop has closed: the server is shutting down
+        pass
 
 
 @dataclass
@@ -132,8 +142,8 @@ class Scheduler:
         """Advance the running rows, then prefill the admitted jobs; deliver what came out."""
         self._drop_cancelled()
         events = self.batch.advance()
-        for job in admitted:
-            events += self._join(job)
+        if admitted:
+            events += self._join(admitted)
         self._deliver(events)
 
     def _admit(self) -> list[Job]:
@@ -146,21 +156,27 @@ class Scheduler:
                 room -= len(job.params)
         return admitted
 
-    def _join(self, job: Job) -> list[TokenEvent]:
-        rows = [RowRequest((job.id, i), job.prompt, p, job.logprobs) for i, p in enumerate(job.params)]
+    def _join(self, jobs: list[Job]) -> list[TokenEvent]:
+        """Prefill the jobs together (one batched prefill is far cheaper than one per job); if
+        that fails, each on its own, so that one bad job fails alone."""
+        rows = [RowRequest((job.id, i), job.prompt, p, job.logprobs) for job in jobs for i, p in enumerate(job.params)]
         try:
             events = self.batch.join(rows)
         except Exception as error:
-            self._fail({job}, error)
-            return []
-        self.prompt_tokens += len(job.prompt)
-        for i, p in enumerate(job.params):
-            self.choices[(job.id, i)] = _Choice(job, i, RowText(self.tokenizer, p.stop, self.eos))
+            if len(jobs) == 1:
+                self._fail(set(jobs), error)
+                return []
+            return [event for job in jobs for event in self._join([job])]
+        for job in jobs:
+            self.prompt_tokens += len(job.prompt)
+            for i, p in enumerate(job.params):
+                self.choices[(job.id, i)] = _Choice(job, i, RowText(self.tokenizer, p.stop, self.eos))
         return events
 
     def _deliver(self, events: list[TokenEvent]) -> None:
-        """Text per choice; rows that hit a stop string leave; finished jobs get their end."""
-        stopped = set()
+        """Text per choice; rows that hit a stop string leave; finished jobs get their end. A
+        step's events reach the handlers in one hand-over per event loop."""
+        stopped, outbox = set(), []
         for event in events:
             choice = self.choices.get(event.key)
             if choice is None:
@@ -173,15 +189,14 @@ class Scheduler:
             trace = TokenTrace(event.token, "", event.temperature, event.top_p, event.logprob, event.top_logprobs)
             update = choice.text.event(choice.index, trace, reason, len(choice.job.prompt))
             if update is not None:
-                choice.job.put(update)
+                outbox.append((choice.job, update))
             if reason is not None:
-                self._finish_choice(event.key)
+                del self.choices[event.key]
+                if not any(k[0] == event.key[0] for k in self.choices):
+                    outbox.append((choice.job, None))  # every choice of the job has finished
         self.batch.leave(stopped)
-
-    def _finish_choice(self, key: tuple[int, int]) -> None:
-        choice = self.choices.pop(key)
-        if not any(k[0] == key[0] for k in self.choices):
-            choice.job.put(None)
+        for loop in {job.loop for job, _ in outbox}:
+            _send(loop, [(job, item) for job, item in outbox if job.loop is loop])
 
     def _drop_cancelled(self) -> None:
         gone = {key for key, choice in self.choices.items() if choice.job.cancelled}
