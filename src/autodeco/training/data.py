@@ -129,24 +129,23 @@ def tokenize_record(record: dict[str, Any], tokenizer: Any, where: str = "record
     return Example(tuple(prompt_ids) + tuple(completion_ids), len(prompt_ids))
 
 
-def load_examples(path: str | Path, tokenizer: Any, max_length: int, overflow: Overflow = "truncate") -> tuple[list[Example], DataStats]:
-    """Read, tokenise and length-limit a JSONL training file (token ids must fit the vocabulary)."""
-    if max_length < 2:
-        raise AutoDecoError(f"--max-length must be at least 2 tokens, got {max_length}")
-    if overflow not in ("truncate", "drop"):
-        raise AutoDecoError(f"overflow must be 'truncate' or 'drop', got {overflow!r}")
-    stats = DataStats(str(path))
-    examples = []
+def prepare_examples(
+    records: list[tuple[str, dict[str, Any]]], tokenizer: Any, max_length: int, overflow: Overflow, stats: DataStats
+) -> list[Example | None]:
+    """Tokenise and length-limit records, each given with where it came from (for errors);
+    None for a record dropped (counted in ``stats``)."""
+    prepared: list[Example | None] = []
 
     def drop(reason: str) -> None:
         stats.dropped += 1
         stats.drop_reasons[reason] = stats.drop_reasons.get(reason, 0) + 1
+        prepared.append(None)
 
-    for number, record in read_records(path):
+    for where, record in records:
         stats.records += 1
-        example = tokenize_record(record, tokenizer, f"{path}:{number}")
+        example = tokenize_record(record, tokenizer, where)
         if max(example.input_ids) >= len(tokenizer):
-            raise AutoDecoError(f"{path}:{number}: token id {max(example.input_ids)} is outside the tokenizer's vocabulary of {len(tokenizer)}")
+            raise AutoDecoError(f"{where}: token id {max(example.input_ids)} is outside the tokenizer's vocabulary of {len(tokenizer)}")
         if example.completion_length == 0:
             drop("with an empty completion")
             continue
@@ -159,9 +158,26 @@ def load_examples(path: str | Path, tokenizer: Any, max_length: int, overflow: O
                 continue
             example = Example(example.input_ids[:max_length], example.prompt_length)
             stats.truncated += 1
-        examples.append(example)
+        prepared.append(example)
         stats.completion_tokens += example.completion_length
-    stats.examples = len(examples)
+    stats.examples += sum(e is not None for e in prepared)
+    return prepared
+
+
+def check_limits(max_length: int, overflow: str) -> None:
+    """Raise a named error for a length limit or overflow policy that cannot work."""
+    if max_length < 2:
+        raise AutoDecoError(f"--max-length must be at least 2 tokens, got {max_length}")
+    if overflow not in ("truncate", "drop"):
+        raise AutoDecoError(f"overflow must be 'truncate' or 'drop', got {overflow!r}")
+
+
+def load_examples(path: str | Path, tokenizer: Any, max_length: int, overflow: Overflow = "truncate") -> tuple[list[Example], DataStats]:
+    """Read, tokenise and length-limit a JSONL training file (token ids must fit the vocabulary)."""
+    check_limits(max_length, overflow)
+    stats = DataStats(str(path))
+    prepared = prepare_examples([(f"{path}:{number}", record) for number, record in read_records(path)], tokenizer, max_length, overflow, stats)
+    examples = [e for e in prepared if e is not None]
     if not examples:
         raise AutoDecoError(f"{stats.summary()}: nothing left to train on; check the file or raise --max-length")
     return examples, stats

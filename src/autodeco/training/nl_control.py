@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from autodeco.errors import AutoDecoError
+from autodeco.training.data import DataStats, Example, Overflow, check_limits, prepare_examples, read_records
 
 CONDITIONS = ("high", "low", "deterministic")
 
@@ -128,6 +130,35 @@ def augment(
         reason = refused[0] if refused else "there are no records"
         raise AutoDecoError(f"no record could take a decoding command ({reason}); NL control needs prompts with text")
     return pairs
+
+
+def load_control_examples(
+    path: str | Path, tokenizer: Any, max_length: int, overflow: Overflow = "truncate", *, variants: int = 1, seed: int = 0,
+) -> tuple[list[Example], dict[int, tuple[int, int]], DataStats]:
+    """The training file's examples followed by their commanded copies (:func:`augment`), and
+    ``control``: commanded example index -> (its plain example's index, condition index). A copy
+    whose original was dropped (too long, empty) is dropped too."""
+    check_limits(max_length, overflow)
+    numbered = read_records(path)
+    pairs = augment([record for _, record in numbered], tokenizer, variants=variants, seed=seed)
+    stats = DataStats(str(path))
+    records = [(f"{path}:{number}", record) for number, record in numbered]
+    records += [(f"{path}:{numbered[pair.plain][0]} with {pair.condition} command {pair.phrasing!r}", pair.record) for pair in pairs]
+    prepared = prepare_examples(records, tokenizer, max_length, overflow, stats)
+    examples: list[Example] = []
+    position: dict[int, int] = {}  # record index -> example index
+    for index, example in enumerate(prepared[: len(numbered)]):
+        if example is not None:
+            position[index] = len(examples)
+            examples.append(example)
+    control: dict[int, tuple[int, int]] = {}
+    for pair, example in zip(pairs, prepared[len(numbered):]):
+        if example is not None and pair.plain in position:
+            control[len(examples)] = (position[pair.plain], CONDITIONS.index(pair.condition))
+            examples.append(example)
+    if not control:
+        raise AutoDecoError(f"{stats.summary()}: no commanded example is left to train NL control on; raise --max-length")
+    return examples, control, stats
 
 
 def ranking_loss(

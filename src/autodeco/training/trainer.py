@@ -11,6 +11,10 @@ and released, so memory stays flat at any sequence length. Two gradient buffers 
 parameter (one per loss) are summed over chunks, micro-batches and processes, then divided by the
 loss's global position count.
 
+With ``nl_control``, the data also hold commanded copies of the examples
+(:mod:`autodeco.training.nl_control`): they take the usual losses, and a third one, the ranking
+loss against their plain original's T and P on the completion positions both share.
+
 Determinism: the data order of epoch e is a permutation seeded by (seed, e); the easy-token draw
 of a position is a hash of (seed, epoch, example, position). So a run resumed from a checkpoint
 makes the same steps as an uninterrupted one, and N processes make the steps of one.
@@ -41,8 +45,10 @@ from autodeco.training.data import Example, Overflow, collate, load_examples
 from autodeco.training.features import FeatureCache, completion_hidden_states, data_fingerprint
 from autodeco.training.losses import DEFAULT_ALPHA, DEFAULT_EASY_TOKEN_DROP, autodeco_losses, dft_weights, easy_token_keep
 from autodeco.training.metrics import MetricsLog, plot_training
+from autodeco.training.nl_control import DEFAULT_T_MARGIN, load_control_examples, ranking_loss
 
 LOSS_NAMES = ("temperature", "top_p")
+NL_LOSS = "nl_control"  # the ranking loss of commanded examples, with --nl-control
 
 
 class TrainingDiverged(AutoDecoError):
@@ -73,6 +79,10 @@ class TrainConfig:
     easy_token_drop: float = DEFAULT_EASY_TOKEN_DROP
     easy_token_scope: Literal["temperature", "both"] = "temperature"
     alpha: float = DEFAULT_ALPHA
+    nl_control: bool = False
+    nl_weight: float = 1.0
+    nl_margin: float = DEFAULT_T_MARGIN
+    nl_variants: int = 1
     cache_features: Literal["none", "memory", "disk"] = "none"
     resume: bool = False
     seed: int = 0
@@ -104,6 +114,8 @@ class TrainConfig:
             raise AutoDecoError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.alpha <= 0:
             raise AutoDecoError(f"--alpha (soft top-p steepness) must be positive, got {self.alpha}")
+        if not (self.nl_weight >= 0 and math.isfinite(self.nl_weight)) or not (self.nl_margin > 0 and math.isfinite(self.nl_margin)) or self.nl_variants < 1:
+            raise AutoDecoError(f"--nl-weight must be >= 0, --nl-margin > 0 and --nl-variants >= 1, got {self.nl_weight}, {self.nl_margin}, {self.nl_variants}")
         for name, value, allowed in (("--schedule", self.schedule, ("cosine", "constant")), ("--easy-token-scope", self.easy_token_scope, ("temperature", "both")),
                                      ("--cache-features", self.cache_features, ("none", "memory", "disk"))):
             if value not in allowed:
@@ -111,7 +123,8 @@ class TrainConfig:
 
     def identity(self) -> dict[str, Any]:
         """The settings a resumed run must share with the checkpoint (others, e.g. --max-steps, may change)."""
-        keys = ("base", "losses", "dft", "easy_token_drop", "easy_token_scope", "alpha", "seed", "batch_size", "grad_accum", "max_length", "overflow", "lr", "schedule", "warmup_ratio", "weight_decay")
+        keys = ("base", "losses", "dft", "easy_token_drop", "easy_token_scope", "alpha", "seed", "batch_size", "grad_accum", "max_length", "overflow", "lr", "schedule",
+                "warmup_ratio", "weight_decay", "nl_control", "nl_weight", "nl_margin", "nl_variants")
         values = asdict(self)
         return {k: list(values[k]) if isinstance(values[k], tuple) else values[k] for k in keys}
 
@@ -133,15 +146,15 @@ class _StepTotals:
     processes: per loss a gradient buffer (of the loss *sum*), the loss sum and its position
     count; and the sums of predicted T and P. All on the device: one host transfer per step."""
 
-    SUMS = ("temperature_loss", "temperature_positions", "top_p_loss", "top_p_positions", "temperature", "top_p", "positions")
-
-    def __init__(self, parameters: list[torch.Tensor], device: torch.device) -> None:
-        self.grads = {name: [torch.zeros_like(p) for p in parameters] for name in LOSS_NAMES}
-        self.sums = {name: torch.zeros((), dtype=torch.float64, device=device) for name in self.SUMS}
+    def __init__(self, parameters: list[torch.Tensor], device: torch.device, losses: tuple[str, ...]) -> None:
+        self.losses = losses
+        self.grads = {name: [torch.zeros_like(p) for p in parameters] for name in losses}
+        names = [f"{name}_{kind}" for name in losses for kind in ("loss", "positions")] + ["temperature", "top_p", "positions"]
+        self.sums = {name: torch.zeros((), dtype=torch.float64, device=device) for name in names}
 
     def all_reduce(self) -> None:
         """Sum everything over the processes, in one collective."""
-        buffers = [g for name in LOSS_NAMES for g in self.grads[name]]
+        buffers = [g for name in self.losses for g in self.grads[name]]
         packed = torch.cat([g.flatten().double() for g in buffers] + [v.reshape(1) for v in self.sums.values()])
         torch.distributed.all_reduce(packed)
         pieces = iter(packed.split([g.numel() for g in buffers] + [1] * len(self.sums)))
@@ -167,8 +180,14 @@ def _epoch_order(examples: int, seed: int, epoch: int) -> torch.Tensor:
 class Trainer:
     """Trains the heads of ``model`` (base frozen) on ``examples``; see the module docstring."""
 
-    def __init__(self, config: TrainConfig, model: AutoDecoModelForCausalLM, examples: list[Example], pad_token_id: int, state: PartialState) -> None:
+    def __init__(
+        self, config: TrainConfig, model: AutoDecoModelForCausalLM, examples: list[Example], pad_token_id: int, state: PartialState,
+        control: dict[int, tuple[int, int]] | None = None,
+    ) -> None:
         self.config, self.model, self.examples, self.pad_token_id, self.state = config, model, examples, pad_token_id, state
+        self.control = control or {}  # commanded example -> (plain example, condition index): the NL-control pairs
+        self.losses = LOSS_NAMES + ((NL_LOSS,) if self.control else ())
+        self.weights = {name: config.nl_weight if name == NL_LOSS else 1.0 for name in self.losses}
         self.out = Path(config.out)
         self.device = model.llm.get_output_embeddings().weight.device
         heads = model.heads
@@ -255,6 +274,30 @@ class Trainer:
             totals.sums["temperature"] += temperature.detach().sum()
             totals.sums["top_p"] += top_p.detach().sum()
             totals.sums["positions"] += chunk_targets.numel()
+        commanded = [i for i in indices if i in self.control]
+        if commanded:
+            self._accumulate_control(commanded, totals)
+
+    def _accumulate_control(self, commanded: list[int], totals: _StepTotals) -> None:
+        """The NL-control ranking loss of commanded examples against their plain originals, on
+        the completion positions they share (the plain values are targets, without gradient)."""
+        config = self.config
+        for index in commanded:
+            plain, condition = self.control[index]
+            shared = min(self.examples[index].completion_length, self.examples[plain].completion_length)
+            commanded_hidden, plain_hidden = (rows[:shared].to(self.device) for rows in self._hidden_rows([index, plain]))
+            for start in range(0, shared, config.chunk_size):
+                rows = slice(start, start + config.chunk_size)
+                with torch.no_grad():
+                    plain_t, plain_p = self.model.heads(plain_hidden[rows], logits_from_hidden(self.model.llm, plain_hidden[rows]).float())
+                    logits = logits_from_hidden(self.model.llm, commanded_hidden[rows]).float()
+                temperature, top_p = self.model.heads(commanded_hidden[rows], logits)
+                conditions = torch.full_like(temperature, condition, dtype=torch.long)
+                loss_sum = ranking_loss(temperature, top_p, plain_t, plain_p, conditions, t_margin=config.nl_margin).sum()
+                grads = torch.autograd.grad(loss_sum, self.trainable, allow_unused=True, materialize_grads=True)
+                torch._foreach_add_(totals.grads[NL_LOSS], grads)
+                totals.sums[f"{NL_LOSS}_loss"] += loss_sum.detach()
+                totals.sums[f"{NL_LOSS}_positions"] += temperature.numel()
 
     def _micro_batches(self, step: int) -> list[tuple[int, list[int]]]:
         """(epoch, this process's example indices) for each micro-batch of optimizer step ``step``."""
@@ -272,17 +315,17 @@ class Trainer:
     # ------------------------------------------------------------------ one optimizer step
     def step(self, step: int) -> dict[str, Any]:
         """Run optimizer step ``step`` (0-based); returns its metrics."""
-        totals = _StepTotals(self.trainable, self.device)
+        totals = _StepTotals(self.trainable, self.device, self.losses)
         for epoch, indices in self._micro_batches(step):
             if indices:
                 self._accumulate(indices, epoch, totals)
         if self.state.num_processes > 1:
             totals.all_reduce()
-        sums = dict(zip(totals.SUMS, torch.stack(list(totals.sums.values())).tolist()))
-        mean_loss = {name: sums[f"{name}_loss"] / sums[f"{name}_positions"] if sums[f"{name}_positions"] else None for name in LOSS_NAMES}
-        loss = sum(value for value in mean_loss.values() if value is not None)
+        sums = dict(zip(totals.sums, torch.stack(list(totals.sums.values())).tolist()))
+        mean_loss = {name: sums[f"{name}_loss"] / sums[f"{name}_positions"] if sums[f"{name}_positions"] else None for name in self.losses}
+        loss = sum(self.weights[name] * value for name, value in mean_loss.items() if value is not None)
         for index, parameter in enumerate(self.trainable):
-            parameter.grad = sum(totals.grads[name][index] / max(sums[f"{name}_positions"], 1) for name in LOSS_NAMES)
+            parameter.grad = sum(self.weights[name] * totals.grads[name][index] / max(sums[f"{name}_positions"], 1) for name in self.losses)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.trainable, self.config.max_grad_norm or math.inf))
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):  # a NaN anywhere in the gradients makes the norm NaN
             raise TrainingDiverged(f"the loss became {loss} at step {step + 1}")
@@ -295,6 +338,7 @@ class Trainer:
             "loss": loss,
             "temperature_loss": mean_loss["temperature"],
             "top_p_loss": mean_loss["top_p"],
+            **({"nl_control_loss": mean_loss[NL_LOSS]} if NL_LOSS in mean_loss else {}),
             "mean_temperature": sums["temperature"] / max(sums["positions"], 1),
             "mean_top_p": sums["top_p"] / max(sums["positions"], 1),
             "grad_norm": grad_norm,
@@ -379,9 +423,15 @@ def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1  # by accelerate launch or torchrun
     state = PartialState(cpu=launched and not torch.cuda.is_available())  # CPU processes talk over gloo
     tokenizer = load_tokenizer(config.base, config.trust_remote_code)
-    examples, stats = load_examples(config.data, tokenizer, config.max_length, config.overflow)
+    control: dict[int, tuple[int, int]] = {}
+    if config.nl_control:
+        examples, control, stats = load_control_examples(
+            config.data, tokenizer, config.max_length, config.overflow, variants=config.nl_variants, seed=config.seed
+        )
+    else:
+        examples, stats = load_examples(config.data, tokenizer, config.max_length, config.overflow)
     if state.is_main_process:
-        console.print(stats.summary())
+        console.print(stats.summary() + (f"; {len(control)} of them commanded copies for NL control" if control else ""))
     llm = load_base(config.base, dtype=config.dtype, device=state.device, trust_remote_code=config.trust_remote_code)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     check_logits_from_hidden(llm, *(t.to(state.device) for t in collate(examples[:2], pad)))
@@ -395,7 +445,7 @@ def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
     heads.enable_temperature_head = "temperature" in config.losses
     heads.enable_top_p_head = "top_p" in config.losses
     model = AutoDecoModelForCausalLM(llm, heads, base_name_or_path=config.base)
-    trainer = Trainer(config, model, examples, pad, state)
+    trainer = Trainer(config, model, examples, pad, state, control)
     result = trainer.run(console)
     if state.is_main_process:
         console.print(
