@@ -345,6 +345,43 @@ def demo(
     err.print(f"\nWrote {html}: every token with its T and P on hover, and a plot of T and P along each answer.")
 
 
+@app.command("eval-control")
+def eval_control_command(
+    model: Annotated[str, typer.Option(help="Base model: a folder, a hub id or an alias (gemma-3-270m).")],
+    heads: Annotated[Path, typer.Option(help="Heads folder or shipped heads name.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder: results.json, readings.jsonl, report.md, control.png.")],
+    task: Annotated[str, typer.Option(help="Where the held-out prompts come from (its evaluation split).")] = "reasoning_gym:basic_arithmetic",
+    prompts: Annotated[int, typer.Option(help="How many prompts.")] = 100,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest plain answer read back.")] = 48,
+    seed: Annotated[int, typer.Option(help="Seed of the plain answers.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 8,
+    prompt_style: PromptStyleOption = "auto",
+    dtype: DtypeOption = "auto",
+    device: DeviceOption = None,
+    trust_remote_code: TrustOption = False,
+) -> None:
+    """Measure how decoding commands ("be creative", "be exact", "no randomness") move the learned T and P."""
+    from autodeco.evaluation import control
+    from autodeco.evaluation.tasks import load_task
+
+    try:
+        _check_counts(prompts=prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        chosen = load_task(task)
+        problems = chosen.problems()[:prompts]
+        autodeco, tokenizer, settings = _load_for_sampling(model, heads, prompt_style, max_new_tokens, seed, dtype, device, trust_remote_code)
+        with err.status(f"Reading {len(problems)} answers back under {2 * len(control.CONDITIONS) + 1} prompt variants ..."):
+            readings = control.measure(
+                autodeco, tokenizer, [chosen.prompt(p, settings.chat) for p in problems], chat=settings.chat,
+                max_new_tokens=max_new_tokens, seed=seed, stop=chosen.stop(settings.chat), batch_size=batch_size,
+            )
+        summary = control.summarise(readings)
+        paths = control.write_report(summary, readings, out_dir, f"{model} with heads {heads} on {task}")
+    except AutoDecoError as error:
+        _fail(str(error))
+    out.print((out_dir / "report.md").read_text(), markup=False, highlight=False)
+    err.print(f"wrote {', '.join(str(p) for p in paths)}")
+
+
 @app.command()
 def serve(
     model: Annotated[Optional[str], typer.Option(help="Base model folder or hub id (or a merged AutoDeco checkpoint).")] = None,

@@ -71,18 +71,28 @@ def insert_command(prompt: str, command: str) -> str:
     return f"{head}{newline}{command}\n{last}"
 
 
+def command_prompt(prompt: str | list[dict[str, str]], command: str) -> str | list[dict[str, str]]:
+    """A prompt (text, or chat messages) with ``command`` where a user would write it: for
+    messages, at the end of the last user turn."""
+    if isinstance(prompt, str):
+        return insert_command(prompt, command)
+    messages = [dict(m) for m in prompt]
+    users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
+    if not users:
+        raise AutoDecoError("a chat prompt has no user turn to add a command to")
+    messages[users[-1]]["content"] = f"{messages[users[-1]]['content'].rstrip()} {command}"
+    return messages
+
+
 def command_record(record: dict[str, Any], command: str, tokenizer: Any) -> dict[str, Any]:
     """A training record (any shape :mod:`autodeco.training.data` reads) with ``command`` added to
     its prompt and its completion unchanged. Token-id records are decoded, commanded and encoded
     again on the prompt side only; their completion ids stay as sampled."""
     if "messages" in record:
-        messages = [dict(m) for m in record["messages"]]
-        users = [i for i, m in enumerate(messages[:-1]) if m.get("role") == "user"]
-        if not users:
-            raise AutoDecoError("a chat record has no user turn before the answer to add a command to")
-        last = users[-1]
-        messages[last]["content"] = f"{messages[last]['content'].rstrip()} {command}"
-        return {**record, "messages": messages}
+        if not isinstance(record["messages"], list) or len(record["messages"]) < 2:
+            raise AutoDecoError("a chat record needs a user turn and the answer to add a command to")
+        *conversation, answer = record["messages"]
+        return {**record, "messages": [*command_prompt(conversation, command), answer]}
     if "prompt_ids" in record:
         prompt = tokenizer.decode(record["prompt_ids"], skip_special_tokens=True)
         ids = tokenizer(insert_command(prompt, command)).input_ids
