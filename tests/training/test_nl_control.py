@@ -35,7 +35,7 @@ def test_commanded_records_keep_their_completion(tokenizer):
     ids = {"prompt_ids": tokenizer("Question: What is 7 - 4?\nAnswer:").input_ids, "completion_ids": [5, 6, 7]}
     commanded = command_record(ids, "Be brief.", tokenizer)
     assert commanded["completion_ids"] == [5, 6, 7] and "Be brief.\nAnswer:" in tokenizer.decode(commanded["prompt_ids"])
-    with pytest.raises(AutoDecoError, match="no user turn"):
+    with pytest.raises(AutoDecoError, match="user turn"):
         command_record({"messages": [{"role": "assistant", "content": "5"}]}, "Be brief.", tokenizer)
 
 
