@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from autodeco.decoding import left_pad, positions_from_mask
 from autodeco.engine import Prompt, encode_prompts, generate
 from autodeco.io import atomic_write_text
 from autodeco.plots import pyplot, save_png
@@ -40,23 +41,14 @@ class Reading:
 
 
 @torch.no_grad()
-def mean_t_and_p(model: Any, sequences: list[tuple[list[int], list[int]]], batch_size: int = 8) -> list[tuple[float, float]]:
-    """(mean T, mean P) over the answer positions of each (prompt ids, answer ids), right-padded
-    in batches (causal attention: padding after a row cannot change it)."""
-    results = []
-    for start in range(0, len(sequences), batch_size):
-        batch = sequences[start : start + batch_size]
-        width = max(len(p) + len(a) for p, a in batch)
-        ids = torch.zeros(len(batch), width, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, (prompt, answer) in enumerate(batch):
-            ids[row, : len(prompt) + len(answer)] = torch.tensor(prompt + answer)
-            mask[row, : len(prompt) + len(answer)] = 1
-        out = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device))
-        for row, (prompt, answer) in enumerate(batch):
-            where = slice(len(prompt) - 1, len(prompt) + len(answer) - 1)  # the positions that predict the answer
-            results.append((float(out.temperature[row, where].float().mean()), float(out.top_p[row, where].float().mean())))
-    return results
+def mean_t_and_p(model: Any, prompts: list[list[int]], answer: list[int]) -> list[tuple[float, float]]:
+    """(mean T, mean P) over the positions that predict ``answer`` after each prompt: one
+    left-padded batch, and the LM head and the heads run on those positions only (a reading of a
+    262k-vocabulary model at every prompt position would cost 100x more)."""
+    ids, mask = left_pad([prompt + answer for prompt in prompts], 0, model.device)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), logits_to_keep=len(answer) + 1)
+    temperature, top_p = out.temperature[:, :-1].float().mean(dim=-1), out.top_p[:, :-1].float().mean(dim=-1)
+    return list(zip(temperature.tolist(), top_p.tolist()))
 
 
 def measure(
@@ -77,7 +69,10 @@ def measure(
                 phrasing = phrasings[condition][index % len(phrasings[condition])]
                 variants.append((index, set_name, condition, phrasing, command_prompt(prompt, phrasing)))
     encoded = encode_prompts(tokenizer, [v[4] for v in variants], chat)
-    values = mean_t_and_p(model, [(ids, answers[v[0]]) for ids, v in zip(encoded, variants)], batch_size)
+    values: list[tuple[float, float]] = []
+    per_prompt = 1 + len(PHRASING_SETS) * len(CONDITIONS)  # the variants of one prompt share its answer: one batch
+    for start in range(0, len(variants), per_prompt):
+        values += mean_t_and_p(model, encoded[start : start + per_prompt], answers[variants[start][0]])
     return [Reading(v[0], v[1], v[2], v[3], t, p) for v, (t, p) in zip(variants, values)]
 
 
