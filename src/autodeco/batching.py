@@ -16,7 +16,9 @@ from typing import Any
 import torch
 
 from autodeco import kv_cache
-from autodeco.decoding import check_prompt_batch, context_length, decode_one_token, left_pad, positions_from_mask, prefill, request_seeds, sample_step
+from autodeco.decoding import (
+    check_prompt_batch, context_length, decode_one_token, left_pad, positions_from_mask, prefill, request_seeds, sample_step, token_budget,
+)
 from autodeco.sampling import BatchedSampling, SamplingParams, counter_uniforms
 
 
@@ -93,10 +95,7 @@ class RunningBatch:
         sampling = BatchedSampling.from_params(params, device)
         seeds = request_seeds(params, device)
         out = prefill(self.model, input_ids, mask, sampling.needs_heads)
-        new_rows = [
-            _Row(r, seed, r.params.max_new_tokens if self.limit is None else min(r.params.max_new_tokens, self.limit - len(r.prompt)))
-            for r, seed in zip(requests, seeds.tolist())
-        ]
+        new_rows = [_Row(r, seed, token_budget(r.params, len(r.prompt), self.limit)) for r, seed in zip(requests, seeds.tolist())]
         tokens, temperature, top_p = sample_step(out, sampling, counter_uniforms(seeds, torch.zeros_like(seeds)))
         events = self._events(new_rows, out.logits[:, -1], tokens, temperature, top_p)
         if not self.rows:

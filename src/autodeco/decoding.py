@@ -121,6 +121,11 @@ def request_seeds(params: list[SamplingParams], device: torch.device | str) -> t
     return torch.tensor([p.seed if p.seed is not None else d for p, d in zip(params, drawn)], dtype=torch.long, device=device)
 
 
+def token_budget(params: SamplingParams, prompt_length: int, limit: int | None) -> int:
+    """New tokens a row may generate: its max_new_tokens, or what the context (``limit``) leaves."""
+    return params.max_new_tokens if limit is None else min(params.max_new_tokens, limit - prompt_length)
+
+
 def check_prompt_batch(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
     """Reject what would fail deep inside the model: bad shapes, right padding, empty rows,
     prompts longer than the context, token ids outside the vocabulary."""
@@ -159,7 +164,7 @@ def decode(
     check_prompt_batch(model, input_ids, attention_mask)
     limit = context_length(model)
     prompt_lengths = attention_mask.sum(dim=-1).tolist()
-    budgets = [p.max_new_tokens if limit is None else min(p.max_new_tokens, limit - n) for p, n in zip(params, prompt_lengths)]
+    budgets = [token_budget(p, n, limit) for p, n in zip(params, prompt_lengths)]
     sampling = BatchedSampling.from_params(params, device)
     seeds = request_seeds(params, device)
     live = [True] * len(params)
