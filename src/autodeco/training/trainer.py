@@ -248,7 +248,8 @@ class Trainer:
     def _accumulate(self, indices: list[int], epoch: int, totals: _StepTotals) -> None:
         """Add this micro-batch's loss sums and gradients (of the sums) to ``totals``."""
         config = self.config
-        hidden = torch.cat(self._hidden_rows(indices)).to(self.device)
+        example_rows = self._hidden_rows(indices)
+        hidden = torch.cat(example_rows).to(self.device)
         targets = torch.cat([self.examples[i].targets() for i in indices]).to(self.device)
         # a stateless draw per (seed, epoch, example, position): independent of batching
         example_keys = torch.cat([torch.full((self.examples[i].completion_length,), i, dtype=torch.long) for i in indices])
@@ -274,18 +275,20 @@ class Trainer:
             totals.sums["temperature"] += temperature.detach().sum()
             totals.sums["top_p"] += top_p.detach().sum()
             totals.sums["positions"] += chunk_targets.numel()
-        commanded = [i for i in indices if i in self.control]
+        commanded = {i: r for i, r in zip(indices, example_rows) if i in self.control}
         if commanded:
             self._accumulate_control(commanded, totals)
 
-    def _accumulate_control(self, commanded: list[int], totals: _StepTotals) -> None:
-        """The NL-control ranking loss of commanded examples against their plain originals, on
-        the completion positions they share (the plain values are targets, without gradient)."""
+    def _accumulate_control(self, commanded: dict[int, torch.Tensor], totals: _StepTotals) -> None:
+        """The NL-control ranking loss of commanded examples (index -> the hidden rows the main
+        losses used) against their plain originals, on the completion positions they share (the
+        plain values are targets, without gradient)."""
         config = self.config
-        for index in commanded:
+        plains = self._hidden_rows([self.control[index][0] for index in commanded])  # one base pass for all of them
+        for (index, own_rows), plain_rows in zip(commanded.items(), plains):
             plain, condition = self.control[index]
             shared = min(self.examples[index].completion_length, self.examples[plain].completion_length)
-            commanded_hidden, plain_hidden = (rows[:shared].to(self.device) for rows in self._hidden_rows([index, plain]))
+            commanded_hidden, plain_hidden = own_rows[:shared].to(self.device), plain_rows[:shared].to(self.device)
             for start in range(0, shared, config.chunk_size):
                 rows = slice(start, start + config.chunk_size)
                 with torch.no_grad():
