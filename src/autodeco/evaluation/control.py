@@ -88,12 +88,13 @@ def summarise(readings: list[Reading]) -> dict[str, Any]:
         summary[set_name] = {}
         for condition in CONDITIONS:
             rows = [r for r in readings if r.phrasing_set == set_name and r.condition == condition]
-            t_shift = [DIRECTION[condition] * (r.temperature - plain[r.prompt_index].temperature) for r in rows]
-            p_shift = [DIRECTION[condition] * (r.top_p - plain[r.prompt_index].top_p) for r in rows]
+            t_shift = [r.temperature - plain[r.prompt_index].temperature for r in rows]
+            p_shift = [r.top_p - plain[r.prompt_index].top_p for r in rows]
+            sign = DIRECTION[condition]
             summary[set_name][condition] = {
                 "mean_temperature": _mean([r.temperature for r in rows]), "mean_top_p": _mean([r.top_p for r in rows]),
-                "temperature_shift": DIRECTION[condition] * _mean(t_shift), "top_p_shift": DIRECTION[condition] * _mean(p_shift),
-                "temperature_right_direction": _mean([float(s > 0) for s in t_shift]), "top_p_right_direction": _mean([float(s > 0) for s in p_shift]),
+                "temperature_shift": _mean(t_shift), "top_p_shift": _mean(p_shift),
+                "temperature_right_direction": _mean([float(sign * d > 0) for d in t_shift]), "top_p_right_direction": _mean([float(sign * d > 0) for d in p_shift]),
             }
     return summary
 
