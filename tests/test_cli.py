@@ -43,6 +43,21 @@ def test_generate_streams_text_and_colours(heads_dir):
     assert "mean T" in plain.stderr and "finish:" in plain.stderr
 
 
+def test_generate_speculative_gives_the_same_json_and_reports_drafts(heads_dir):
+    options = ("generate", "--heads", heads_dir, "--prompt", "Once upon a time once upon a time", "--max-new-tokens", 12, "--seed", 2)
+    plain = json.loads(run(*options, "--json").stdout)
+    for source in ("ngram", "early-exit:1"):
+        drafted = json.loads(run(*options, "--json", "--speculative", source, "--num-draft-tokens", 3).stdout)
+        assert drafted.pop("speculation")["drafted"] > 0
+        assert drafted["text"] == plain["text"] and [t["token_id"] for t in drafted["tokens"]] == [t["token_id"] for t in plain["tokens"]]
+        # T and P from a forward over several positions agree with one-position forwards up to float rounding
+        assert [t["temperature"] for t in drafted["tokens"]] == pytest.approx([t["temperature"] for t in plain["tokens"]], rel=1e-4)
+    streamed = run(*options, "--speculative", "ngram")
+    assert streamed.exit_code == 0 and "drafts accepted" in streamed.stderr and "tokens per target forward" in streamed.stderr
+    bad = run(*options, "--speculative", "lookahead")
+    assert bad.exit_code != 0 and "--speculative 'lookahead' is not understood" in bad.stderr
+
+
 def test_temperature_colours_run_from_blue_to_red():
     assert temperature_color(0.0) == "rgb(60,110,255)" and temperature_color(2.0) == "rgb(255,110,60)"
     assert temperature_color(float("nan")) == "default"

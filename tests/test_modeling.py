@@ -245,6 +245,18 @@ def test_hugging_face_style_generate(make_model):
         model.generate(torch.tensor([[1, 5, 0]]), attention_mask=torch.tensor([[1, 1, 0]]))
 
 
+def test_hugging_face_assisted_generation_is_exact(make_model):
+    """assistant_model= and prompt_lookup_num_tokens= give the sequences of plain generate (seeded)."""
+    model = make_model("llama")
+    ids = torch.tensor([[0, 0, 1, 70, 71, 70, 71], [1, 72, 73, 74, 75, 72, 73]])
+    mask = (ids != 0).long()
+    plain = model.generate(ids, attention_mask=mask, max_new_tokens=12, seed=3, return_dict_in_generate=True)
+    for extra in ({"assistant_model": tiny_model("llama", seed=5), "num_assistant_tokens": 3}, {"assistant_model": model}, {"prompt_lookup_num_tokens": 4}):
+        assisted = model.generate(ids, attention_mask=mask, max_new_tokens=12, seed=3, return_dict_in_generate=True, **extra)
+        assert torch.equal(assisted.sequences, plain.sequences), sorted(extra)
+        torch.testing.assert_close(assisted.temperatures, plain.temperatures, rtol=1e-4, atol=1e-5)
+
+
 def test_merged_dir_in_the_released_layout_loads(tmp_path, make_model):
     """The released merge script writes every base key, tied duplicates included, in one file."""
     model = make_model("llama")

@@ -17,6 +17,7 @@ from autodeco import AutoDecoModelForCausalLM, SamplingParams
 from autodeco.engine import generate
 from autodeco.serving.app import create_app
 from autodeco.serving.scheduler import Scheduler
+from autodeco.speculative import ModelDrafter, Speculation
 from autodeco.tiny import tiny_model, tiny_tokenizer
 
 API_KEY = "test-key"
@@ -213,3 +214,27 @@ def _ignore_timeout(url: str) -> None:
         httpx.post(url, json={"prompt": "hi", "max_tokens": 2}, timeout=2)
     except httpx.TimeoutException:
         pass
+
+
+def test_a_speculative_server_gives_the_tokens_of_plain_decoding(model):
+    """Concurrent seeded requests through a server that drafts with a draft model (the target's
+    own base: long accepted runs); its metrics count the drafts."""
+    speculation = Speculation(ModelDrafter(model.llm), num_draft_tokens=4)
+    running = _Server(model, tiny_tokenizer(), max_batch_size=8, max_queue=64, speculation=speculation)
+    try:
+        client = openai.OpenAI(base_url=f"{running.url}/v1", api_key=API_KEY, max_retries=0)
+        prompts = [f"Question: What is {i} + {i % 7}?" for i in range(8)]
+
+        def ask(i: int):
+            return client.completions.create(model="tiny", prompt=prompts[i], max_tokens=8 + i, seed=i, temperature=0.3 if i % 2 else 0).choices[0]
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(ask, range(8)))
+        for i, answer in enumerate(answers):
+            expected = generate(model, tiny_tokenizer(), prompts[i], SamplingParams(seed=i, max_new_tokens=8 + i, temperature_scale=0.3 if i % 2 else 0))[0]
+            assert answer.text == expected.text
+        assert speculation.stats.accepted > 0
+        metrics = _raw(running, "GET", "/metrics").text
+        assert f"autodeco_accepted_draft_tokens {float(speculation.stats.accepted)}" in metrics
+    finally:
+        running.close()

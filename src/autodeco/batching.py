@@ -6,6 +6,9 @@ cache (:mod:`autodeco.kv_cache`), and a row that finishes, or whose client goes 
 once. Each row keeps its own seed and step counter, so its tokens do not depend on the batch it
 shares (the sampler's uniforms are a hash of the two). No tokenizer here: stop strings and text
 are the caller's (it calls :meth:`RunningBatch.leave`).
+
+With a drafter (:mod:`autodeco.speculative`), :meth:`RunningBatch.advance` verifies each row's
+drafts in one forward and a row may gain several tokens per step.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from autodeco import kv_cache
 from autodeco.decoding import (
     check_prompt_batch, context_length, decode_one_token, left_pad, positions_from_mask, prefill, request_seeds, sample_step, token_budget,
 )
+from autodeco.modeling import AutoDecoOutput
 from autodeco.sampling import BatchedSampling, SamplingParams, counter_uniforms
+from autodeco.speculative import Speculation, accepted_counts
 
 
 @dataclass
@@ -62,12 +67,16 @@ class RunningBatch:
 
     Between steps every row has one pending token (sampled, reported, not yet fed to the model);
     :meth:`advance` feeds them all and samples the next, :meth:`join` prefills new rows and
-    samples their first. Rows leave when they finish or through :meth:`leave`.
+    samples their first. Rows leave when they finish or through :meth:`leave`. With ``speculation``,
+    each step also verifies drafts (see :mod:`autodeco.speculative`); its statistics add up in
+    ``speculation.stats``.
     """
 
-    def __init__(self, model: Any, eos_token_ids: set[int]) -> None:
+    def __init__(self, model: Any, eos_token_ids: set[int], speculation: Speculation | None = None) -> None:
         self.model = model
         self.eos_token_ids = eos_token_ids
+        self.speculation = speculation
+        self.drafter = None if speculation is None else speculation.drafter
         self.limit = context_length(model)
         self.rows: list[_Row] = []
         self._cache: Any = None
@@ -97,7 +106,9 @@ class RunningBatch:
         out = prefill(self.model, input_ids, mask, sampling.needs_heads)
         new_rows = [_Row(r, seed, token_budget(r.params, len(r.prompt), self.limit)) for r, seed in zip(requests, seeds.tolist())]
         tokens, temperature, top_p = sample_step(out, sampling, counter_uniforms(seeds, torch.zeros_like(seeds)))
-        events = self._events(new_rows, out.logits[:, -1], tokens, temperature, top_p)
+        events = self._events(new_rows, out.logits[:, -1:], tokens.unsqueeze(-1), temperature.unsqueeze(-1), top_p.unsqueeze(-1))
+        if self.drafter is not None:
+            self.drafter.join([r.prompt + [int(t)] for r, t in zip(requests, tokens.tolist())])
         if not self.rows:
             self._cache, self._mask, self._pending = out.cache, mask, tokens
         else:
@@ -114,17 +125,68 @@ class RunningBatch:
         return self._finish(events)
 
     def advance(self) -> list[TokenEvent]:
-        """One decode step for every row: feed the pending tokens, sample the next ones."""
+        """One decode step for every row: feed the pending tokens (and drafts, with a drafter),
+        sample the next ones."""
         if not self.rows:
             return []
-        self._mask = torch.cat([self._mask, self._mask.new_ones(len(self.rows), 1)], dim=-1)
-        positions = positions_from_mask(self._mask)[:, -1:]
-        out = decode_one_token(self.model, self._pending, self._mask, positions, self._cache, self._sampling.needs_heads)
+        drafts = self._drafts()
+        if drafts is None:
+            self._mask = torch.cat([self._mask, self._mask.new_ones(len(self.rows), 1)], dim=-1)
+            positions = positions_from_mask(self._mask)[:, -1:]
+            out = decode_one_token(self.model, self._pending, self._mask, positions, self._cache, self._sampling.needs_heads)
+            self._cache = out.cache
+            steps = torch.tensor([len(row.tokens) for row in self.rows], device=self._seeds.device)
+            tokens, temperature, top_p = sample_step(out, self._sampling, counter_uniforms(self._seeds, steps))
+            self._pending = tokens
+            return self._finish(self._events(self.rows, out.logits[:, -1:], tokens.unsqueeze(-1), temperature.unsqueeze(-1), top_p.unsqueeze(-1)))
+        return self._finish(self._verify(*drafts))
+
+    def _drafts(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The drafter's proposals as ``(drafts [B, K], lengths [B])``, each row's cut to what its
+        budget leaves; None without a drafter or when no row has a draft."""
+        if self.drafter is None:
+            return None
+        proposals = self.drafter.propose([row.request.prompt + row.tokens for row in self.rows], self.speculation.num_draft_tokens)
+        proposals = [p[: max(row.budget - len(row.tokens) - 1, 0)] for p, row in zip(proposals, self.rows)]
+        width = max(len(p) for p in proposals)
+        if width == 0:
+            self.drafter.accepted([0] * len(self.rows))
+            self.speculation.stats.add(0, 0, len(self.rows))
+            return None
+        device = self._pending.device
+        # short rows are filled with token 0: fed, never kept
+        drafts = torch.stack([torch.tensor(p + [0] * (width - len(p)), dtype=torch.long) for p in proposals]).to(device)
+        lengths = torch.tensor([len(p) for p in proposals], device=device)
+        return drafts, lengths
+
+    def _verify(self, drafts: torch.Tensor, lengths: torch.Tensor) -> list[TokenEvent]:
+        """Feed each row's pending token and drafts in one forward, sample every position with the
+        target's own T and P and that token's uniform, and keep the drafts that match."""
+        rows, width = drafts.shape
+        fed = torch.cat([self._pending.unsqueeze(-1), drafts], dim=-1)  # [B, 1 + K]
+        self._mask = torch.cat([self._mask, self._mask.new_ones(rows, 1 + width)], dim=-1)
+        positions = positions_from_mask(self._mask)[:, -(1 + width):]
+        needs_heads = self._sampling.needs_heads
+        kv_cache.record_past(self._cache, True)  # rejected columns are given back below
+        out = self.model(input_ids=fed, attention_mask=self._mask, position_ids=positions, cache=self._cache, use_cache=True,
+                         logits_to_keep=1 + width, compute_heads=needs_heads, return_probs=needs_heads)
+        kv_cache.record_past(self._cache, False)
         self._cache = out.cache
-        steps = torch.tensor([len(row.tokens) for row in self.rows], device=self._seeds.device)
-        tokens, temperature, top_p = sample_step(out, self._sampling, counter_uniforms(self._seeds, steps))
-        self._pending = tokens
-        return self._finish(self._events(self.rows, out.logits[:, -1], tokens, temperature, top_p))
+        per_row = 1 + width
+        flat = _flatten_positions(out)
+        sampling = BatchedSampling.from_params([row.request.params for row in self.rows for _ in range(per_row)], fed.device)
+        steps = torch.tensor([len(row.tokens) for row in self.rows], device=fed.device).unsqueeze(-1) + torch.arange(per_row, device=fed.device)
+        tokens, temperature, top_p = sample_step(flat, sampling, counter_uniforms(self._seeds.unsqueeze(-1).expand(-1, per_row).reshape(-1), steps.reshape(-1)))
+        tokens, temperature, top_p = (t.view(rows, per_row) for t in (tokens, temperature, top_p))
+        kept = accepted_counts(tokens, drafts, lengths)  # [B]
+        keep = torch.ones_like(self._mask, dtype=torch.bool)
+        keep[:, -width:] = torch.arange(width, device=fed.device) < kept.unsqueeze(-1)
+        self._mask = kv_cache.compact(self._cache, self._mask, keep)
+        self._pending = tokens.gather(-1, kept.unsqueeze(-1)).squeeze(-1)
+        kept_list = kept.tolist()
+        self.drafter.accepted(kept_list)
+        self.speculation.stats.add(int(lengths.sum()), sum(kept_list), rows)
+        return self._events(self.rows, out.logits, tokens, temperature, top_p, [k + 1 for k in kept_list])
 
     def leave(self, keys: set[Any]) -> None:
         """Drop the rows named by ``keys`` (finished, or their client went away)."""
@@ -134,34 +196,44 @@ class RunningBatch:
         self.rows = [self.rows[i] for i in keep]
         if not self.rows:
             self._cache = self._mask = self._pending = self._sampling = self._seeds = None
+            if self.drafter is not None:
+                self.drafter.select([])
             return
         index = torch.tensor(keep, device=self._pending.device)
         self._mask = kv_cache.select_rows(self._cache, self._mask, index)
         self._pending, self._seeds = self._pending[index], self._seeds[index]
         self._sampling = BatchedSampling.from_params([r.request.params for r in self.rows], self._pending.device)
+        if self.drafter is not None:
+            self.drafter.select(keep)
 
-    def _events(self, rows: list[_Row], logits: torch.Tensor, tokens: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor) -> list[TokenEvent]:
-        """Record each row's new token; the finish reason by EOS and budget."""
+    def _events(self, rows: list[_Row], logits: torch.Tensor, tokens: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
+                counts: list[int] | None = None) -> list[TokenEvent]:
+        """Record each row's new tokens (the first ``counts[i]`` of row i's ``[B, J]`` positions;
+        all J by default), up to its first EOS or the end of its budget."""
+        counts = counts or [tokens.shape[1]] * len(rows)
         host = torch.stack([tokens.double(), temperature.double(), top_p.double()]).cpu().tolist()
-        wanted = [i for i, row in enumerate(rows) if row.request.logprobs is not None]
-        chosen: dict[int, tuple[float, list[tuple[int, float]]]] = {}
+        wanted = [(i, j) for i, row in enumerate(rows) if row.request.logprobs is not None for j in range(counts[i])]
+        chosen: dict[tuple[int, int], tuple[float, list[tuple[int, float]]]] = {}
         if wanted:
             index = torch.tensor(wanted, device=logits.device)
-            log_probs = torch.log_softmax(logits[index].float(), dim=-1)
-            picked = log_probs.gather(-1, tokens[index].unsqueeze(-1)).squeeze(-1).tolist()
-            top = max(rows[i].request.logprobs for i in wanted)
+            log_probs = torch.log_softmax(logits[index[:, 0], index[:, 1]].float(), dim=-1)
+            picked = log_probs.gather(-1, tokens[index[:, 0], index[:, 1]].unsqueeze(-1)).squeeze(-1).tolist()
+            top = max(rows[i].request.logprobs for i, _ in wanted)
             best = log_probs.topk(top, dim=-1) if top else None
-            for n, i in enumerate(wanted):
+            for n, (i, j) in enumerate(wanted):
                 k = rows[i].request.logprobs
                 alternatives = list(zip(best.indices[n, :k].tolist(), best.values[n, :k].tolist())) if k else []
-                chosen[i] = (picked[n], alternatives)
+                chosen[i, j] = (picked[n], alternatives)
         events = []
         for i, row in enumerate(rows):
-            token = int(host[0][i])
-            row.tokens.append(token)
-            reason = "stop" if token in self.eos_token_ids else "length" if len(row.tokens) >= row.budget else None
-            logprob, alternatives = chosen.get(i, (None, []))
-            events.append(TokenEvent(row.request.key, token, host[1][i], host[2][i], reason, logprob, alternatives))
+            for j in range(counts[i]):
+                token = int(host[0][i][j])
+                row.tokens.append(token)
+                reason = "stop" if token in self.eos_token_ids else "length" if len(row.tokens) >= row.budget else None
+                logprob, alternatives = chosen.get((i, j), (None, []))
+                events.append(TokenEvent(row.request.key, token, host[1][i][j], host[2][i][j], reason, logprob, alternatives))
+                if reason is not None:
+                    break
         return events
 
     def _finish(self, events: list[TokenEvent]) -> list[TokenEvent]:
@@ -177,3 +249,11 @@ class RunningBatch:
         self._sampling = BatchedSampling.from_params([r.request.params for r in self.rows], self.model.device)
         self._cache = prefill(self.model, input_ids, self._mask, compute_heads=False).cache
         self._seeds = torch.tensor([row.seed for row in self.rows], device=self.model.device)
+
+
+def _flatten_positions(out: AutoDecoOutput) -> AutoDecoOutput:
+    """A ``[B, J, ...]`` model output as ``B * J`` one-position rows, for the sampler."""
+    def flat(values: torch.Tensor | None) -> torch.Tensor | None:
+        return None if values is None else values.reshape(-1, 1, *values.shape[2:])
+    return AutoDecoOutput(logits=flat(out.logits), temperature=flat(out.temperature), top_p=flat(out.top_p),
+                          probs=flat(getattr(out, "probs", None)), probs_top_ids=flat(getattr(out, "probs_top_ids", None)))

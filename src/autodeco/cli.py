@@ -18,6 +18,7 @@ from autodeco.modeling import AutoDecoModelForCausalLM, read_autodeco_config
 from autodeco.evaluation.strategies import DEFAULT_ORACLE_TEMPERATURES, DEFAULT_ORACLE_TOP_PS
 from autodeco.models import load_tokenizer, resolve_heads
 from autodeco.sampling import SamplingParams
+from autodeco.speculative import DEFAULT_NUM_DRAFT_TOKENS, SPECULATIVE_HELP, make_speculation
 from autodeco.token_view import temperature_color
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Learned per-token temperature and top-p for any Hugging Face causal LM.")
@@ -29,6 +30,8 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 DtypeOption = Annotated[str, typer.Option(help=f"Weights dtype: {', '.join(DTYPES)}.")]
 DeviceOption = Annotated[Optional[str], typer.Option(help="Device, e.g. cpu or cuda.")]
 TrustOption = Annotated[bool, typer.Option(help="Run code shipped with the model (off unless you trust it).")]
+SpeculativeOption = Annotated[Optional[str], typer.Option(help=f"Exact speculative decoding: {SPECULATIVE_HELP}.")]
+DraftTokensOption = Annotated[int, typer.Option(help="Most draft tokens verified per row and step, with --speculative.")]
 PromptStyleOption = Annotated[str, typer.Option(help="auto (chat template if the tokenizer has one), few-shot, or chat.")]
 
 
@@ -112,6 +115,8 @@ def generate_command(
     chat: Annotated[bool, typer.Option(help="Wrap the prompt in the tokenizer's chat template.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: text, finish_reason, tokens with T and P.")] = False,
     color: Annotated[bool, typer.Option(help="Colour each streamed token by its temperature (blue = low, red = high).")] = False,
+    speculative: SpeculativeOption = None,
+    num_draft_tokens: DraftTokensOption = DEFAULT_NUM_DRAFT_TOKENS,
     dtype: DtypeOption = "auto",
     device: DeviceOption = None,
     trust_remote_code: TrustOption = False,
@@ -127,10 +132,16 @@ def generate_command(
             raise AutoDecoError("the prompt is empty; pass some text with --prompt")
         with err.status("Loading model ..."):
             autodeco, tokenizer = load_model_and_tokenizer(model, heads, dtype, device, trust_remote_code)
+            speculation = None if speculative is None else make_speculation(speculative, autodeco, num_draft_tokens, trust_remote_code=trust_remote_code)
         if as_json:
-            out.print_json(data=generate(autodeco, tokenizer, prompt, params, chat=chat)[0].to_dict())
+            completion = generate(autodeco, tokenizer, prompt, params, chat=chat, speculation=speculation)[0].to_dict()
+            out.print_json(data=completion | ({"speculation": speculation.stats.to_dict()} if speculation else {}))
         else:
-            print_stream(stream(autodeco, tokenizer, prompt, params, chat=chat), color=color)
+            print_stream(stream(autodeco, tokenizer, prompt, params, chat=chat, speculation=speculation), color=color)
+            if speculation is not None:
+                stats = speculation.stats
+                err.print(f"speculative ({speculative}): {stats.accepted}/{stats.drafted} drafts accepted ({stats.acceptance_rate:.0%}), "
+                          f"{stats.tokens_per_forward:.2f} tokens per target forward")
     except AutoDecoError as error:
         _fail(str(error))
 
@@ -392,6 +403,8 @@ def serve(
     max_batch_size: Annotated[int, typer.Option(help="Most sequences decoding together.")] = 32,
     max_queue: Annotated[int, typer.Option(help="Most requests waiting for room; more get 429.")] = 256,
     name: Annotated[Optional[str], typer.Option(help="Model name clients send and see (default: --model).")] = None,
+    speculative: SpeculativeOption = None,
+    num_draft_tokens: DraftTokensOption = DEFAULT_NUM_DRAFT_TOKENS,
     dtype: DtypeOption = "auto",
     device: DeviceOption = None,
     trust_remote_code: TrustOption = False,
@@ -410,9 +423,10 @@ def serve(
             raise AutoDecoError("--max-batch-size must be >= 1 and --max-queue >= 0")
         with err.status("Loading model ..."):
             autodeco, tokenizer = load_model_and_tokenizer(model, heads, dtype, device, trust_remote_code)
+            speculation = None if speculative is None else make_speculation(speculative, autodeco, num_draft_tokens, trust_remote_code=trust_remote_code)
     except AutoDecoError as error:
         _fail(str(error))
-    scheduler = Scheduler(autodeco, tokenizer, max_batch_size=max_batch_size, max_queue=max_queue)
+    scheduler = Scheduler(autodeco, tokenizer, max_batch_size=max_batch_size, max_queue=max_queue, speculation=speculation)
     scheduler.start()
     try:
         uvicorn.run(create_app(scheduler, name or model or "autodeco", api_key=api_key), host=host, port=port, log_level="info")

@@ -203,21 +203,37 @@ def decode_to_tensors(
     params: SamplingParams,
     eos_token_ids: set[int],
     pad_token_id: int,
+    speculation: Any = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Hugging Face shaped results: (sequences [B, L + steps] padded after each row's end,
-    temperatures [B, steps], top_ps [B, steps]; 0 where a row had ended)."""
+    temperatures [B, steps], top_ps [B, steps]; 0 where a row had ended). With ``speculation``
+    (:class:`autodeco.speculative.Speculation`), drafts are verified by a running batch."""
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     # one seed for the batch still gives each row its own stream, as one generator would
     rows = [params if params.seed is None else replace(params, seed=(params.seed + row) % 2**63) for row in range(input_ids.shape[0])]
-    new_tokens, temperatures, top_ps = [], [], []
-    for step in decode(model, input_ids, attention_mask, rows, eos_token_ids=eos_token_ids):
-        new_tokens.append([pad_token_id if t < 0 else t for t in step.tokens])
-        temperatures.append([0.0 if t < 0 else v for t, v in zip(step.tokens, step.temperatures)])
-        top_ps.append([0.0 if t < 0 else v for t, v in zip(step.tokens, step.top_ps)])
-    generated = torch.tensor(new_tokens, dtype=torch.long, device=input_ids.device).T
+    traces: list[list[tuple[int, float, float]]] = [[] for _ in rows]  # (token, T, P) per row
+    if speculation is None:
+        for step in decode(model, input_ids, attention_mask, rows, eos_token_ids=eos_token_ids):
+            for row, (token, t, p) in enumerate(zip(step.tokens, step.temperatures, step.top_ps)):
+                if token >= 0:
+                    traces[row].append((token, t, p))
+    else:
+        from autodeco.batching import RowRequest, RunningBatch  # batching builds on this module
+
+        check_prompt_batch(model, input_ids, attention_mask)
+        prompts = [ids[mask.bool()].tolist() for ids, mask in zip(input_ids, attention_mask)]
+        batch = RunningBatch(model, eos_token_ids, speculation)
+        events = batch.join([RowRequest(i, prompt, p) for i, (prompt, p) in enumerate(zip(prompts, rows))])
+        while events:
+            for event in events:
+                traces[event.key].append((event.token, event.temperature, event.top_p))
+            events = batch.advance()
+    steps = max(len(trace) for trace in traces)
+    padded = [trace + [(pad_token_id, 0.0, 0.0)] * (steps - len(trace)) for trace in traces]
+    generated = torch.tensor([[t for t, _, _ in trace] for trace in padded], dtype=torch.long, device=input_ids.device).reshape(len(rows), steps)
     return (
         torch.cat([input_ids, generated], dim=-1),
-        torch.tensor(temperatures, dtype=torch.float32).T,
-        torch.tensor(top_ps, dtype=torch.float32).T,
+        torch.tensor([[t for _, t, _ in trace] for trace in padded], dtype=torch.float32).reshape(len(rows), steps),
+        torch.tensor([[p for _, _, p in trace] for trace in padded], dtype=torch.float32).reshape(len(rows), steps),
     )

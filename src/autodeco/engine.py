@@ -13,9 +13,11 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from autodeco.batching import RowRequest, RunningBatch
 from autodeco.decoding import decode, left_pad
 from autodeco.errors import AutoDecoError
 from autodeco.sampling import SamplingParams
+from autodeco.speculative import Speculation
 
 Prompt = str | list[dict[str, str]]  # plain text, or chat messages [{"role": ..., "content": ...}]
 
@@ -209,10 +211,13 @@ def stream(
     params: SamplingParams | Sequence[SamplingParams] | None = None,
     *,
     chat: bool = False,
+    speculation: Speculation | None = None,
 ) -> Iterator[StreamEvent]:
     """Generate for all prompts in one batch, yielding text as it is decoded.
 
-    ``params`` is one :class:`SamplingParams` for every prompt or one per prompt.
+    ``params`` is one :class:`SamplingParams` for every prompt or one per prompt. With
+    ``speculation`` (:func:`autodeco.speculative.make_speculation`), drafts are verified by the
+    model: the same tokens for a seeded request, fewer forwards; ``speculation.stats`` counts them.
     """
     prompt_list = _as_prompt_list(prompts)
     if not prompt_list:
@@ -231,6 +236,9 @@ def stream(
         rows[row].add(token)
         return rows[row].stopped
 
+    if speculation is not None:
+        yield from _stream_running(model, token_ids, param_list, rows, eos, speculation)
+        return
     for step in decode(model, input_ids, attention_mask, param_list, eos_token_ids=eos, stop_test=stop_test):
         for row, token in enumerate(step.tokens):
             if token < 0:
@@ -239,6 +247,29 @@ def stream(
             event = rows[row].event(row, trace, step.finish_reasons[row], len(token_ids[row]))
             if event is not None:
                 yield event
+
+
+def _stream_running(
+    model: Any, token_ids: list[list[int]], params: list[SamplingParams], rows: list[RowText], eos: set[int], speculation: Speculation
+) -> Iterator[StreamEvent]:
+    """:func:`stream` through a :class:`RunningBatch` with speculative decoding; a row may gain
+    several tokens per step, and those past its stop string are dropped."""
+    batch = RunningBatch(model, eos, speculation)
+    events = batch.join([RowRequest(i, ids, p) for i, (ids, p) in enumerate(zip(token_ids, params))])
+    while events:
+        for token_event in events:
+            row = rows[token_event.key]
+            if row.stopped:
+                continue
+            row.add(token_event.token)
+            reason = "stop" if row.stopped else token_event.finish_reason
+            if row.stopped:
+                batch.leave({token_event.key})
+            trace = TokenTrace(token_event.token, "", token_event.temperature, token_event.top_p)
+            event = row.event(token_event.key, trace, reason, len(token_ids[token_event.key]))
+            if event is not None:
+                yield event
+        events = batch.advance()
 
 
 def _as_prompt_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
@@ -254,10 +285,12 @@ def generate(
     params: SamplingParams | Sequence[SamplingParams] | None = None,
     *,
     chat: bool = False,
+    speculation: Speculation | None = None,
 ) -> list[Completion]:
-    """Generate for all prompts in one batch; one :class:`Completion` per prompt, in order."""
+    """Generate for all prompts in one batch; one :class:`Completion` per prompt, in order
+    (``speculation`` as in :func:`stream`)."""
     prompt_list = _as_prompt_list(prompts)
     completions = [Completion("", [], "", 0) for _ in prompt_list]
-    for event in stream(model, tokenizer, prompt_list, params, chat=chat):
+    for event in stream(model, tokenizer, prompt_list, params, chat=chat, speculation=speculation):
         completions[event.index].add(event)
     return completions

@@ -6,6 +6,11 @@ keys and values on the left to the longer one's length (RoPE is applied before k
 so a key does not depend on its column). Sliding-window layers keep their last ``window - 1``
 columns, right-aligned, the same way. Other layer kinds (quantised, static, linear-attention,
 indexed) are not merged: :func:`merge` returns False and the caller rebuilds the batch.
+
+Speculative decoding feeds several drafted tokens at once and keeps a different number of them
+per row: :func:`compact` drops each row's rejected columns and right-aligns what is left, so the
+batch stays left-padded (sliding-window layers must record their past for that round, see
+:func:`record_past`).
 """
 
 from __future__ import annotations
@@ -49,6 +54,47 @@ def merge(cache: Cache, mask: torch.Tensor, other: Cache, other_mask: torch.Tens
         if type(layer) is DynamicSlidingWindowLayer:
             layer.cumulative_length = width
     return torch.cat([pad_left(mask, width, 1), pad_left(other_mask, width, 1)], dim=0)
+
+
+def right_aligned(keep: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For ``keep [B, L]`` (the columns each row keeps), the ``(index, valid)`` pair ``[B, width]``
+    that gathers each row's last ``width`` kept columns, right-aligned; ``valid`` is False on the
+    padding to their left (whose index is 0)."""
+    rows, length = keep.shape
+    count = keep.sum(dim=-1, keepdim=True)
+    destination = keep.long().cumsum(dim=-1) - 1 + (width - count)  # where each kept column lands
+    destination = torch.where(keep & (destination >= 0), destination, width)  # the rest goes to a dump column
+    index = keep.new_zeros((rows, width + 1), dtype=torch.long)
+    index.scatter_(1, destination, torch.arange(length, device=keep.device).expand(rows, length))
+    valid = torch.arange(width, device=keep.device) >= (width - count)
+    return index[:, :width], valid
+
+
+def record_past(cache: Cache, on: bool) -> None:
+    """Let sliding-window layers keep every column of the next forward (``on``), so that
+    :func:`compact` can give columns back; :func:`compact` trims them to the window again."""
+    for layer in cache.layers:
+        if type(layer) is DynamicSlidingWindowLayer:
+            layer.record_past = on
+
+
+def compact(cache: Cache, mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Keep only the columns ``keep [B, L]`` marks (one per cached position, like ``mask``) of
+    every row, right-aligned and left-padded to the longest row (in place); returns the new
+    attention mask. Needs a cache :func:`mergeable` accepts."""
+    keep = keep & mask.bool()
+    width = int(keep.sum(dim=-1).max())
+    index, valid = right_aligned(keep, width)
+    for layer in cache.layers:
+        stored = layer.keys.shape[-2]  # a sliding layer holds the last columns only
+        layer_width = width if type(layer) is DynamicLayer else min(width, layer.sliding_window - 1)
+        layer_index, _ = right_aligned(keep[:, -stored:], layer_width)
+        for name in ("keys", "values"):
+            states = getattr(layer, name)
+            setattr(layer, name, states.gather(-2, layer_index[:, None, :, None].expand(-1, states.shape[1], -1, states.shape[-1])))
+        if type(layer) is DynamicSlidingWindowLayer:
+            layer.cumulative_length = width
+    return valid.to(mask.dtype)
 
 
 def select_rows(cache: Cache, mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

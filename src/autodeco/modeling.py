@@ -303,8 +303,13 @@ class AutoDecoModelForCausalLM(nn.Module):
         and P used per new token. From ``generation_config`` (default: the base's) only
         max_new_tokens, eos/pad ids and return_dict_in_generate are read: its sampling settings
         are what the heads replace. Beam search and other search strategies are refused.
+        Assisted generation is exact speculative decoding here: ``assistant_model=`` (its greedy
+        drafts, ``num_assistant_tokens`` per step) or ``prompt_lookup_num_tokens=N`` (n-gram drafts).
         """
         config = generation_config or self.llm.generation_config
+        speculation = _speculation(
+            unsupported.pop("assistant_model", None), unsupported.pop("num_assistant_tokens", None), unsupported.pop("prompt_lookup_num_tokens", None)
+        )
         ignored = {k: v for k, v in unsupported.items() if v not in (None, False, 1)}  # 1, False: the HF defaults
         if ignored:
             raise AutoDecoError(
@@ -326,11 +331,23 @@ class AutoDecoModelForCausalLM(nn.Module):
         eos = eos_token_id if eos_token_id is not None else config.eos_token_id
         eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
         pad = pad_token_id if pad_token_id is not None else (config.pad_token_id if config.pad_token_id is not None else min(eos_ids, default=0))
-        sequences, temperatures, top_ps = decode_to_tensors(self, input_ids, attention_mask, params, eos_ids, pad)
+        sequences, temperatures, top_ps = decode_to_tensors(self, input_ids, attention_mask, params, eos_ids, pad, speculation)
         return_dict = return_dict_in_generate if return_dict_in_generate is not None else config.return_dict_in_generate
         if return_dict:
             return AutoDecoGenerateOutput(sequences=sequences, temperatures=temperatures, top_ps=top_ps)
         return sequences
+
+
+def _speculation(assistant_model: Any, num_assistant_tokens: int | None, prompt_lookup_num_tokens: int | None) -> Any:
+    """Hugging Face's assisted-generation arguments as a :class:`autodeco.speculative.Speculation`
+    (exact for any sampling: the drafts are greedy, see :mod:`autodeco.speculative`)."""
+    if assistant_model is None and not prompt_lookup_num_tokens:
+        return None
+    from autodeco.speculative import DEFAULT_NUM_DRAFT_TOKENS, ModelDrafter, NgramDrafter, Speculation  # it builds on this module
+
+    if assistant_model is not None:
+        return Speculation(ModelDrafter(getattr(assistant_model, "llm", assistant_model)), num_assistant_tokens or DEFAULT_NUM_DRAFT_TOKENS)
+    return Speculation(NgramDrafter(), prompt_lookup_num_tokens)
 
 
 # ---------------------------------------------------------------------- loading helpers

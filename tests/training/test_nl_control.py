@@ -5,9 +5,11 @@ import torch
 
 from autodeco import AutoDecoError
 from autodeco.training.nl_control import (
+    ANCHOR_WEIGHT,
     CONDITIONS,
     HELD_OUT_PHRASINGS,
     PHRASINGS,
+    anchor_loss,
     augment,
     command_record,
     insert_command,
@@ -80,3 +82,12 @@ def test_ranking_loss_moves_the_commanded_values_only():
     assert plain_t.grad is None and plain_p.grad is None
     assert temperature.grad[0] < 0 < temperature.grad[1] and temperature.grad[2] > 0  # high: up; low, deterministic: down
     assert top_p.grad[0] < 0 < top_p.grad[1] and top_p.grad[2] > 0
+
+
+def test_anchor_loss_pulls_plain_values_back_to_the_starting_heads():
+    temperature, top_p = torch.tensor([0.3, 0.5], requires_grad=True), torch.tensor([1.0, 0.4], requires_grad=True)
+    reference_t, reference_p = torch.tensor([0.3, 0.3]), torch.tensor([1.0, 1.0])
+    loss = anchor_loss(temperature, top_p, reference_t, reference_p)
+    assert loss[0].item() == 0 and loss[1].item() == pytest.approx(ANCHOR_WEIGHT * (0.2**2 + 0.6**2))
+    loss.sum().backward()
+    assert temperature.grad[1] > 0 and top_p.grad[1] < 0  # T back down, P back up

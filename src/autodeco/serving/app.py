@@ -94,6 +94,11 @@ class _Metrics:
         Gauge("autodeco_running_rows", "Sequences decoding now", registry=self.registry).set_function(lambda: scheduler.running)
         Gauge("autodeco_generated_tokens", "Tokens generated since start", registry=self.registry).set_function(lambda: scheduler.generated_tokens)
         Gauge("autodeco_prompt_tokens", "Prompt tokens prefilled since start", registry=self.registry).set_function(lambda: scheduler.prompt_tokens)
+        if scheduler.speculation is not None:
+            stats = scheduler.speculation.stats
+            Gauge("autodeco_draft_tokens", "Draft tokens verified since start", registry=self.registry).set_function(lambda: stats.drafted)
+            Gauge("autodeco_accepted_draft_tokens", "Draft tokens accepted since start", registry=self.registry).set_function(lambda: stats.accepted)
+            Gauge("autodeco_tokens_per_target_forward", "Mean tokens per row and target forward", registry=self.registry).set_function(lambda: stats.tokens_per_forward)
 
 
 def create_app(

@@ -19,6 +19,7 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from autodeco.batching import RowRequest, RunningBatch, TokenEvent
+from autodeco.speculative import Speculation
 from autodeco.engine import RowText, StreamEvent, TokenTrace, eos_ids
 from autodeco.errors import AutoDecoError
 from autodeco.sampling import SamplingParams
@@ -73,11 +74,14 @@ class Scheduler:
     """Owns the model and a :class:`RunningBatch` of at most ``max_batch_size`` rows; at most
     ``max_queue`` jobs wait for room."""
 
-    def __init__(self, model: Any, tokenizer: PreTrainedTokenizerBase, max_batch_size: int = 32, max_queue: int = 256) -> None:
+    def __init__(
+        self, model: Any, tokenizer: PreTrainedTokenizerBase, max_batch_size: int = 32, max_queue: int = 256, speculation: Speculation | None = None,
+    ) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.max_batch_size, self.max_queue = max_batch_size, max_queue
         self.eos = eos_ids(model, tokenizer)
-        self.batch = RunningBatch(model, self.eos)
+        self.speculation = speculation
+        self.batch = RunningBatch(model, self.eos, speculation)
         self.waiting: deque[Job] = deque()
         self.choices: dict[tuple[int, int], _Choice] = {}
         self.generated_tokens = 0
@@ -135,7 +139,8 @@ class Scheduler:
                 self._step(admitted)
             except Exception as error:  # a failed step fails the jobs in it, not the server
                 failed = {c.job for c in self.choices.values()} | set(admitted)
-                self.batch, self.choices = RunningBatch(self.model, self.eos), {}  # their state is not to be trusted
+                self.batch.leave(set(self.batch.keys))  # their state (and a draft model's) is not to be trusted
+                self.batch, self.choices = RunningBatch(self.model, self.eos, self.speculation), {}
                 self._fail(failed, error)
 
     def _step(self, admitted: list[Job]) -> None:

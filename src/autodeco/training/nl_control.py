@@ -58,6 +58,7 @@ HELD_OUT_PHRASINGS: dict[str, tuple[str, ...]] = {
 
 DEFAULT_T_MARGIN = 0.15  # how far T must move, per token, for the ranking loss to be zero
 DEFAULT_P_MARGIN = 0.5  # the same for P, on the logit scale (P sits near 1, where absolute steps vanish)
+ANCHOR_WEIGHT = 10.0  # a plain T off by 0.1 costs as much as a commanded T short of its margin by 0.1
 DEFAULT_DETERMINISTIC_T = 0.1  # "deterministic" pushes T below this
 
 
@@ -196,6 +197,15 @@ def ranking_loss(
     t_low = torch.relu(temperature - deterministic_t)
     high, low, deterministic = (condition == CONDITIONS.index(c) for c in CONDITIONS)
     return torch.where(high, t_up + p_up, torch.where(low, t_down + p_down, torch.where(deterministic, t_low + p_down, torch.zeros_like(t_up))))
+
+
+def anchor_loss(temperature: torch.Tensor, top_p: torch.Tensor, reference_temperature: torch.Tensor, reference_top_p: torch.Tensor) -> torch.Tensor:
+    """Per-position ``w * ((T - T_ref)^2 + (P - P_ref)^2)`` (w = :data:`ANCHOR_WEIGHT`) on plain prompts: keeps the values of the
+    heads training started from where commands are absent. Without it the ranking loss, whose
+    "low" and "deterministic" terms both push P down while the usual top-p loss is flat wherever
+    the base's argmax is right, drags the plain P down with the commanded ones (measured on
+    Gemma-3-270M: P 1.0 -> 0.2 in 80 steps)."""
+    return ANCHOR_WEIGHT * ((temperature - reference_temperature).square() + (top_p - reference_top_p).square())
 
 
 def _logit(p: torch.Tensor) -> torch.Tensor:

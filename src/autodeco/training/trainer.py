@@ -22,6 +22,7 @@ makes the same steps as an uninterrupted one, and N processes make the steps of 
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -45,7 +46,7 @@ from autodeco.training.data import Example, Overflow, collate, load_examples
 from autodeco.training.features import FeatureCache, completion_hidden_states, data_fingerprint
 from autodeco.training.losses import DEFAULT_ALPHA, DEFAULT_EASY_TOKEN_DROP, autodeco_losses, dft_weights, easy_token_keep
 from autodeco.training.metrics import MetricsLog, plot_training
-from autodeco.training.nl_control import DEFAULT_T_MARGIN, load_control_examples, ranking_loss
+from autodeco.training.nl_control import DEFAULT_T_MARGIN, anchor_loss, load_control_examples, ranking_loss
 
 LOSS_NAMES = ("temperature", "top_p")
 NL_LOSS = "nl_control"  # the ranking loss of commanded examples, with --nl-control
@@ -186,6 +187,8 @@ class Trainer:
     ) -> None:
         self.config, self.model, self.examples, self.pad_token_id, self.state = config, model, examples, pad_token_id, state
         self.control = control or {}  # commanded example -> (plain example, condition index): the NL-control pairs
+        # NL control from given heads: their plain values are the fixed reference, and an anchor keeps them
+        self.reference_heads = copy.deepcopy(model.heads).requires_grad_(False) if self.control and config.heads else None
         self.losses = LOSS_NAMES + ((NL_LOSS,) if self.control else ())
         self.weights = {name: config.nl_weight if name == NL_LOSS else 1.0 for name in self.losses}
         self.out = Path(config.out)
@@ -281,8 +284,9 @@ class Trainer:
 
     def _accumulate_control(self, commanded: dict[int, torch.Tensor], totals: _StepTotals) -> None:
         """The NL-control ranking loss of commanded examples (index -> the hidden rows the main
-        losses used) against their plain originals, on the completion positions they share (the
-        plain values are targets, without gradient)."""
+        losses used) against their plain originals, on the completion positions they share. The
+        plain values are targets without gradient: those of the starting heads when training
+        from ``--heads`` (plus an anchor that keeps the plain values there), else the current ones."""
         config = self.config
         plains = self._hidden_rows([self.control[index][0] for index in commanded])  # one base pass for all of them
         for (index, own_rows), plain_rows in zip(commanded.items(), plains):
@@ -292,11 +296,15 @@ class Trainer:
             for start in range(0, shared, config.chunk_size):
                 rows = slice(start, start + config.chunk_size)
                 with torch.no_grad():
-                    plain_t, plain_p = self.model.heads(plain_hidden[rows], logits_from_hidden(self.model.llm, plain_hidden[rows]).float())
+                    plain_logits = logits_from_hidden(self.model.llm, plain_hidden[rows]).float()
                     logits = logits_from_hidden(self.model.llm, commanded_hidden[rows]).float()
+                    reference_t, reference_p = (self.reference_heads if self.reference_heads is not None else self.model.heads)(plain_hidden[rows], plain_logits)
                 temperature, top_p = self.model.heads(commanded_hidden[rows], logits)
                 conditions = torch.full_like(temperature, condition, dtype=torch.long)
-                loss_sum = ranking_loss(temperature, top_p, plain_t, plain_p, conditions, t_margin=config.nl_margin).sum()
+                loss = ranking_loss(temperature, top_p, reference_t, reference_p, conditions, t_margin=config.nl_margin)
+                if self.reference_heads is not None:
+                    loss = loss + anchor_loss(*self.model.heads(plain_hidden[rows], plain_logits), reference_t, reference_p)
+                loss_sum = loss.sum()
                 grads = torch.autograd.grad(loss_sum, self.trainable, allow_unused=True, materialize_grads=True)
                 torch._foreach_add_(totals.grads[NL_LOSS], grads)
                 totals.sums[f"{NL_LOSS}_loss"] += loss_sum.detach()
