@@ -7,7 +7,8 @@ AutoDeco decoding, same prompts and seeds, one run.
 Workloads: "copy" repeats a given passage (input-repeating, where prompt lookup shines) and
 "free" continues open prompts. Sources: ngram (prompt lookup) and early-exit:K (the target's
 first K layers as a greedy draft model; it runs through the same ModelDrafter as draft:MODEL --
-no smaller model shares Gemma 3's tokenizer on this machine). Every row is seeded, so an exact
+no smaller model shares Gemma 3's tokenizer on this machine; below 12 layers Gemma's early exit
+drafts noise). Every row is seeded, so an exact
 method gives the same tokens as plain decoding: the table counts the rows that do (bf16 forwards of
 K+1 tokens may round differently from one-token forwards, which can flip a near-tie). Goal: at
 least 1.5x tokens/s on the input-repeating workload. Writes
@@ -57,14 +58,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="gemma-3-270m", help="heads checkpoint or alias (its base is loaded)")
     parser.add_argument("--name", default="gemma-3-270m")
-    parser.add_argument("--sources", default="ngram,early-exit:6,early-exit:12")
+    parser.add_argument("--sources", default="ngram,early-exit:12", help="early-exit below 12 of Gemma's 18 layers drafts noise (logit lens)")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--num-draft-tokens", type=int, default=4)
     parser.add_argument("--batch", type=int, default=1, help="prompts decoded together")
     parser.add_argument("--new-tokens", type=int, default=96)
     parser.add_argument("--repeats", type=int, default=2, help="interleaved repeats; the best time of each is kept")
     args = parser.parse_args()
 
-    model = AutoDecoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16)
+    model = AutoDecoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype))
     tokenizer = load_tokenizer(model.base_name_or_path)
     workloads = {"copy": [copy_prompt(p) for p in PASSAGES], "free": FREE_PROMPTS}
     sources = [s for s in args.sources.split(",") if s]
@@ -110,16 +112,16 @@ def main() -> None:
             })
 
     machine = machine_info()
-    setup = {"model": args.model, "dtype": "bfloat16", "batch": args.batch, "new_tokens": args.new_tokens, "num_draft_tokens": args.num_draft_tokens,
+    setup = {"model": args.model, "dtype": args.dtype, "batch": args.batch, "new_tokens": args.new_tokens, "num_draft_tokens": args.num_draft_tokens,
              "repeats": args.repeats, "decoding": "autodeco (learned T and P), seeded rows"}
     stem = RESULTS / f"speculative-{args.name}"
     RESULTS.mkdir(exist_ok=True)
     atomic_write_text(json.dumps({"setup": setup, "machine": machine, "summary": summary, "runs": rows}, indent=2) + "\n", stem.with_suffix(".json"))
     lines = [
         f"# Speculative decoding: {args.model}", "",
-        f"Batch {args.batch}, {args.new_tokens} new tokens per prompt, up to {args.num_draft_tokens} drafts per step, AutoDeco decoding "
+        f"{args.dtype}, batch {args.batch}, {args.new_tokens} new tokens per prompt, up to {args.num_draft_tokens} drafts per step, AutoDeco decoding "
         f"(learned T and P) with a seed per prompt; best of {args.repeats} interleaved repeats. Command: `python benchmarks/speculative.py "
-        f"--batch {args.batch} --new-tokens {args.new_tokens} --sources {args.sources}`.", "",
+        f"--dtype {args.dtype} --batch {args.batch} --new-tokens {args.new_tokens} --repeats {args.repeats} --sources {args.sources} --name {args.name}`.", "",
         "| workload | source | tokens/s | vs plain | acceptance | tokens per target forward | rows identical to plain |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]

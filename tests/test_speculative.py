@@ -186,3 +186,12 @@ def test_bad_speculative_settings_are_refused(make_model, tmp_path):
     with pytest.raises(AutoDecoError, match="vocabulary of 16 tokens, the target 384"):
         tiny_model("llama", vocab_size=16).save_pretrained(tmp_path)
         make_speculation(f"draft:{tmp_path}", model)
+
+
+def test_caches_that_cannot_give_columns_back_are_refused(make_model, monkeypatch):
+    from autodeco import kv_cache
+
+    model = make_model("llama")
+    monkeypatch.setattr(kv_cache, "mergeable", lambda cache: False)
+    with pytest.raises(AutoDecoError, match="decode this model without --speculative"):
+        _run(model, PROMPTS[:1], [SamplingParams(decoding="greedy", max_new_tokens=8)], Speculation(NgramDrafter()))

@@ -22,6 +22,7 @@ from autodeco import kv_cache
 from autodeco.decoding import (
     check_prompt_batch, context_length, decode_one_token, left_pad, positions_from_mask, prefill, request_seeds, sample_step, token_budget,
 )
+from autodeco.errors import AutoDecoError
 from autodeco.modeling import AutoDecoOutput
 from autodeco.sampling import BatchedSampling, SamplingParams, counter_uniforms
 from autodeco.speculative import Speculation, accepted_counts
@@ -163,6 +164,9 @@ class RunningBatch:
         """Feed each row's pending token and drafts in one forward, sample every position with the
         target's own T and P and that token's uniform, and keep the drafts that match."""
         rows, width = drafts.shape
+        if not kv_cache.mergeable(self._cache):
+            raise AutoDecoError(f"speculative decoding gives rejected drafts back from the KV cache, which {type(self._cache).__name__} layers of this kind "
+                                "cannot do; decode this model without --speculative")
         fed = torch.cat([self._pending.unsqueeze(-1), drafts], dim=-1)  # [B, 1 + K]
         self._mask = torch.cat([self._mask, self._mask.new_ones(rows, 1 + width)], dim=-1)
         positions = positions_from_mask(self._mask)[:, -(1 + width):]

@@ -116,14 +116,14 @@ def write_report(summary: dict[str, Any], readings: list[Reading], out: Path, ti
         "(mean T and P over the answer's tokens; right direction: the share of prompts moved the commanded way).", "",
         "| phrasings | condition | mean T | T shift | T right direction | mean P | P shift | P right direction |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
-        f"| - | plain | {plain['mean_temperature']:.3f} | | | {plain['mean_top_p']:.3f} | | |",
+        f"| - | plain | {plain['mean_temperature']:.3f} | | | {plain['mean_top_p']:.5f} | | |",
     ]
     for set_name in PHRASING_SETS:
         for condition in CONDITIONS:
             row = summary[set_name][condition]
             lines.append(
                 f"| {set_name.replace('_', '-')} | {condition} | {row['mean_temperature']:.3f} | {row['temperature_shift']:+.3f} | "
-                f"{row['temperature_right_direction']:.0%} | {row['mean_top_p']:.3f} | {row['top_p_shift']:+.3f} | {row['top_p_right_direction']:.0%} |"
+                f"{row['temperature_right_direction']:.0%} | {row['mean_top_p']:.5f} | {row['top_p_shift']:+.2g} | {row['top_p_right_direction']:.0%} |"
             )
     atomic_write_text("\n".join(lines) + "\n", paths[2])
     _plot(summary, paths[3])
