@@ -106,7 +106,8 @@ def accepted_counts(samples: torch.Tensor, drafts: torch.Tensor, lengths: torch.
 class NgramDrafter:
     """Prompt-lookup drafting: find the latest earlier occurrence of the row's last ``n`` tokens
     (``n`` from ``max_ngram`` down to 1) and propose the tokens that followed it. Strong when the
-    answer repeats the input (editing, extraction, summaries); free when it does not."""
+    answer repeats the input (editing, extraction, summaries); cheap when it does not (no model
+    runs, and a wrong draft only widens the verifying forward)."""
 
     def __init__(self, max_ngram: int = DEFAULT_NGRAM) -> None:
         if max_ngram < 1:

@@ -10,7 +10,7 @@ export MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=17179869184
 
 autodeco train --base gemma-3-270m --data "$WORK/data.jsonl" --out "$WORK/heads-nl" --heads gemma-3-270m \
   --epochs 4 --lr 5e-4 --batch-size 16 --max-length 256 --cache-features --checkpoint-every 100 --seed 0 --easy-token-drop 0 \
-  --nl-control --nl-variants 3 $( [ -d "$WORK/heads-nl/checkpoints" ] && echo --resume )
+  --nl-control --nl-variants 3 --nl-weight 10 $( [ -d "$WORK/heads-nl/checkpoints" ] && echo --resume )
 for heads in gemma-3-270m "$WORK/heads-nl"; do
   name=$([ "$heads" = gemma-3-270m ] && echo shipped-heads || echo nl-control-heads)
   autodeco eval-control --model gemma-3-270m --heads "$heads" --task "$ARITHMETIC" --prompts 100 --max-new-tokens 16 \
