@@ -37,7 +37,7 @@ class ScriptedDrafter(NgramDrafter):
 
 def _drafter(kind: str, model, architecture: str = "llama", vocab_size: int = 384):
     if kind == "ngram":
-        return NgramDrafter()
+        return NgramDrafter(min_ngram=1)  # one-token matches too: more drafts on short random texts
     if kind == "draft":
         return ModelDrafter(tiny_model(architecture, vocab_size=vocab_size, seed=7))
     return ModelDrafter(early_exit_model(model.llm, 1))
@@ -173,6 +173,10 @@ def test_ngram_drafts_continue_the_latest_earlier_match():
     drafter = NgramDrafter(max_ngram=2)
     assert drafter.propose([[1, 2, 3, 9, 1, 2, 3, 8, 2, 3]], 3) == [[8, 2, 3]]
     assert drafter.propose([[7, 8, 9]], 3) == [[]]
+    assert drafter.propose([[5, 1, 6, 1]], 2) == [[]]  # a one-token match is not enough by default
+    assert NgramDrafter(max_ngram=2, min_ngram=1).propose([[5, 1, 6, 1]], 2) == [[6, 1]]
+    with pytest.raises(AutoDecoError, match="1 <= min <= max"):
+        NgramDrafter(max_ngram=2, min_ngram=3)
 
 
 def test_bad_speculative_settings_are_refused(make_model, tmp_path):
