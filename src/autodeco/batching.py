@@ -7,12 +7,13 @@ once. Each row keeps its own seed and step counter, so its tokens do not depend 
 shares (the sampler's uniforms are a hash of the two). No tokenizer here: stop strings and text
 are the caller's (it calls :meth:`RunningBatch.leave`).
 
-With a drafter (:mod:`autodeco.speculative`), :meth:`RunningBatch.advance` verifies each row's
+With speculation (:mod:`autodeco.speculative`), :meth:`RunningBatch.advance` verifies each row's
 drafts in one forward and a row may gain several tokens per step.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ import torch
 
 from autodeco import kv_cache
 from autodeco.decoding import (
-    check_prompt_batch, context_length, decode_one_token, left_pad, positions_from_mask, prefill, request_seeds, sample_step, token_budget,
+    check_prompt_batch, context_length, left_pad, positions_from_mask, prefill, request_seeds, sample_step, token_budget,
 )
 from autodeco.errors import AutoDecoError
 from autodeco.modeling import AutoDecoOutput
@@ -77,7 +78,6 @@ class RunningBatch:
         self.model = model
         self.eos_token_ids = eos_token_ids
         self.speculation = speculation
-        self.drafter = None if speculation is None else speculation.drafter
         self.limit = context_length(model)
         self.rows: list[_Row] = []
         self._cache: Any = None
@@ -108,8 +108,8 @@ class RunningBatch:
         new_rows = [_Row(r, seed, token_budget(r.params, len(r.prompt), self.limit)) for r, seed in zip(requests, seeds.tolist())]
         tokens, temperature, top_p = sample_step(out, sampling, counter_uniforms(seeds, torch.zeros_like(seeds)))
         events = self._events(new_rows, out.logits[:, -1:], tokens.unsqueeze(-1), temperature.unsqueeze(-1), top_p.unsqueeze(-1))
-        if self.drafter is not None:
-            self.drafter.join([r.prompt + [int(t)] for r, t in zip(requests, tokens.tolist())])
+        if self.speculation is not None:
+            self.speculation.drafter.join([r.prompt + [int(t)] for r, t in zip(requests, tokens.tolist())])
         if not self.rows:
             self._cache, self._mask, self._pending = out.cache, mask, tokens
         else:
@@ -125,72 +125,62 @@ class RunningBatch:
         self._seeds = seeds if self._seeds is None else torch.cat([self._seeds, seeds])
         return self._finish(events)
 
+    def run(self, requests: list[RowRequest]) -> Iterator[TokenEvent]:
+        """Join ``requests`` and decode until every row has left; the caller may :meth:`leave`
+        rows between events (e.g. at a stop string)."""
+        yield from self.join(requests)
+        while self.rows:
+            yield from self.advance()
+
     def advance(self) -> list[TokenEvent]:
-        """One decode step for every row: feed the pending tokens (and drafts, with a drafter),
-        sample the next ones."""
+        """One decode step for every row: feed the pending tokens (and, with speculation, each
+        row's drafts) in one forward, sample every fed position with the row's T and P and that
+        token's uniform, and keep the drafts that match the samples."""
         if not self.rows:
             return []
-        drafts = self._drafts()
-        if drafts is None:
-            self._mask = torch.cat([self._mask, self._mask.new_ones(len(self.rows), 1)], dim=-1)
-            positions = positions_from_mask(self._mask)[:, -1:]
-            out = decode_one_token(self.model, self._pending, self._mask, positions, self._cache, self._sampling.needs_heads)
-            self._cache = out.cache
-            steps = torch.tensor([len(row.tokens) for row in self.rows], device=self._seeds.device)
-            tokens, temperature, top_p = sample_step(out, self._sampling, counter_uniforms(self._seeds, steps))
-            self._pending = tokens
-            return self._finish(self._events(self.rows, out.logits[:, -1:], tokens.unsqueeze(-1), temperature.unsqueeze(-1), top_p.unsqueeze(-1)))
-        return self._finish(self._verify(*drafts))
-
-    def _drafts(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The drafter's proposals as ``(drafts [B, K], lengths [B])``, each row's cut to what its
-        budget leaves; None without a drafter or when no row has a draft."""
-        if self.drafter is None:
-            return None
-        proposals = self.drafter.propose([row.request.prompt + row.tokens for row in self.rows], self.speculation.num_draft_tokens)
-        proposals = [p[: max(row.budget - len(row.tokens) - 1, 0)] for p, row in zip(proposals, self.rows)]
-        width = max(len(p) for p in proposals)
-        if width == 0:
-            self.drafter.accepted([0] * len(self.rows))
-            self.speculation.stats.add(0, 0, len(self.rows))
-            return None
-        device = self._pending.device
-        # short rows are filled with token 0: fed, never kept
-        drafts = torch.stack([torch.tensor(p + [0] * (width - len(p)), dtype=torch.long) for p in proposals]).to(device)
-        lengths = torch.tensor([len(p) for p in proposals], device=device)
-        return drafts, lengths
-
-    def _verify(self, drafts: torch.Tensor, lengths: torch.Tensor) -> list[TokenEvent]:
-        """Feed each row's pending token and drafts in one forward, sample every position with the
-        target's own T and P and that token's uniform, and keep the drafts that match."""
+        drafts, lengths = self._drafts()
         rows, width = drafts.shape
-        if not kv_cache.mergeable(self._cache):
+        if width and not kv_cache.mergeable(self._cache):
             raise AutoDecoError(f"speculative decoding gives rejected drafts back from the KV cache, which {type(self._cache).__name__} layers of this kind "
                                 "cannot do; decode this model without --speculative")
         fed = torch.cat([self._pending.unsqueeze(-1), drafts], dim=-1)  # [B, 1 + K]
-        self._mask = torch.cat([self._mask, self._mask.new_ones(rows, 1 + width)], dim=-1)
-        positions = positions_from_mask(self._mask)[:, -(1 + width):]
+        per_row = fed.shape[1]
+        self._mask = torch.cat([self._mask, self._mask.new_ones(rows, per_row)], dim=-1)
+        positions = positions_from_mask(self._mask)[:, -per_row:]
         needs_heads = self._sampling.needs_heads
-        kv_cache.record_past(self._cache, True)  # rejected columns are given back below
+        if width:
+            kv_cache.record_past(self._cache, True)  # rejected drafts' columns are given back below
         out = self.model(input_ids=fed, attention_mask=self._mask, position_ids=positions, cache=self._cache, use_cache=True,
-                         logits_to_keep=1 + width, compute_heads=needs_heads, return_probs=needs_heads)
-        kv_cache.record_past(self._cache, False)
+                         logits_to_keep=per_row, compute_heads=needs_heads, return_probs=needs_heads)
         self._cache = out.cache
-        per_row = 1 + width
-        flat = _flatten_positions(out)
-        sampling = BatchedSampling.from_params([row.request.params for row in self.rows for _ in range(per_row)], fed.device)
         steps = torch.tensor([len(row.tokens) for row in self.rows], device=fed.device).unsqueeze(-1) + torch.arange(per_row, device=fed.device)
-        tokens, temperature, top_p = sample_step(flat, sampling, counter_uniforms(self._seeds.unsqueeze(-1).expand(-1, per_row).reshape(-1), steps.reshape(-1)))
+        uniforms = counter_uniforms(self._seeds.repeat_interleave(per_row), steps.reshape(-1))
+        tokens, temperature, top_p = sample_step(_flatten_positions(out), self._sampling.repeat_rows(per_row), uniforms)
         tokens, temperature, top_p = (t.view(rows, per_row) for t in (tokens, temperature, top_p))
         kept = accepted_counts(tokens, drafts, lengths)  # [B]
-        keep = torch.ones_like(self._mask, dtype=torch.bool)
-        keep[:, -width:] = torch.arange(width, device=fed.device) < kept.unsqueeze(-1)
-        self._mask = kv_cache.compact(self._cache, self._mask, keep)
+        if width:
+            keep = torch.ones_like(self._mask, dtype=torch.bool)
+            keep[:, -width:] = torch.arange(width, device=fed.device) < kept.unsqueeze(-1)
+            self._mask = kv_cache.compact(self._cache, self._mask, keep)
+            kv_cache.record_past(self._cache, False)
         self._pending = tokens.gather(-1, kept.unsqueeze(-1)).squeeze(-1)
-        kept_list = kept.tolist()
-        self.drafter.accepted(kept_list)
-        self.speculation.stats.add(int(lengths.sum()), sum(kept_list), rows)
-        return self._events(self.rows, out.logits, tokens, temperature, top_p, [k + 1 for k in kept_list])
+        kept_list = kept.tolist() if width else [0] * rows
+        if self.speculation is not None:
+            self.speculation.drafter.accepted(kept_list)
+            self.speculation.stats.add(int(lengths.sum()), sum(kept_list), rows)
+        return self._finish(self._events(self.rows, out.logits, tokens, temperature, top_p, [k + 1 for k in kept_list]))
+
+    def _drafts(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's drafts ``[B, K]`` (K = 0 without speculation; short rows filled with token
+        0, fed but never kept) and their counts ``[B]``, cut to what each row's budget leaves."""
+        device = self._pending.device
+        if self.speculation is None:
+            return torch.zeros((len(self.rows), 0), dtype=torch.long, device=device), torch.zeros(len(self.rows), dtype=torch.long, device=device)
+        proposals = self.speculation.drafter.propose([row.request.prompt + row.tokens for row in self.rows], self.speculation.num_draft_tokens)
+        proposals = [p[: max(row.budget - len(row.tokens) - 1, 0)] for p, row in zip(proposals, self.rows)]
+        width = max(len(p) for p in proposals)
+        drafts = torch.tensor([p + [0] * (width - len(p)) for p in proposals], dtype=torch.long, device=device).reshape(len(proposals), width)
+        return drafts, torch.tensor([len(p) for p in proposals], device=device)
 
     def leave(self, keys: set[Any]) -> None:
         """Drop the rows named by ``keys`` (finished, or their client went away)."""
@@ -200,15 +190,15 @@ class RunningBatch:
         self.rows = [self.rows[i] for i in keep]
         if not self.rows:
             self._cache = self._mask = self._pending = self._sampling = self._seeds = None
-            if self.drafter is not None:
-                self.drafter.select([])
+            if self.speculation is not None:
+                self.speculation.drafter.select([])
             return
         index = torch.tensor(keep, device=self._pending.device)
         self._mask = kv_cache.select_rows(self._cache, self._mask, index)
         self._pending, self._seeds = self._pending[index], self._seeds[index]
         self._sampling = BatchedSampling.from_params([r.request.params for r in self.rows], self._pending.device)
-        if self.drafter is not None:
-            self.drafter.select(keep)
+        if self.speculation is not None:
+            self.speculation.drafter.select(keep)
 
     def _events(self, rows: list[_Row], logits: torch.Tensor, tokens: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
                 counts: list[int] | None = None) -> list[TokenEvent]:

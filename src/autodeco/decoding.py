@@ -223,12 +223,8 @@ def decode_to_tensors(
 
         check_prompt_batch(model, input_ids, attention_mask)
         prompts = [ids[mask.bool()].tolist() for ids, mask in zip(input_ids, attention_mask)]
-        batch = RunningBatch(model, eos_token_ids, speculation)
-        events = batch.join([RowRequest(i, prompt, p) for i, (prompt, p) in enumerate(zip(prompts, rows))])
-        while events:
-            for event in events:
-                traces[event.key].append((event.token, event.temperature, event.top_p))
-            events = batch.advance()
+        for event in RunningBatch(model, eos_token_ids, speculation).run([RowRequest(i, prompt, p) for i, (prompt, p) in enumerate(zip(prompts, rows))]):
+            traces[event.key].append((event.token, event.temperature, event.top_p))
     steps = max(len(trace) for trace in traces)
     padded = [trace + [(pad_token_id, 0.0, 0.0)] * (steps - len(trace)) for trace in traces]
     generated = torch.tensor([[t for t, _, _ in trace] for trace in padded], dtype=torch.long, device=input_ids.device).reshape(len(rows), steps)

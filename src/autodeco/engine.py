@@ -13,7 +13,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from autodeco.batching import RowRequest, RunningBatch
+from autodeco.batching import RowRequest, RunningBatch, TokenEvent
 from autodeco.decoding import decode, left_pad
 from autodeco.errors import AutoDecoError
 from autodeco.sampling import SamplingParams
@@ -161,6 +161,14 @@ class RowText:
             return None
         return StreamEvent(index, text, traces, reason, prompt_tokens, None if keep or reason != "stop" else token.token_id)
 
+    def take(self, index: int, token: TokenEvent, prompt_tokens: int) -> tuple["StreamEvent | None", str | None]:
+        """:meth:`add` a running batch's ``token``; returns its :meth:`event` and the reason the
+        row ends: the batch's, or "stop" at a stop string."""
+        self.add(token.token)
+        reason = "stop" if self.stopped else token.finish_reason
+        trace = TokenTrace(token.token, "", token.temperature, token.top_p, token.logprob, token.top_logprobs)
+        return self.event(index, trace, reason, prompt_tokens), reason
+
     def flushable(self, final: bool) -> str:
         """Answer text safe to stream now: all of it at the end; otherwise hold back any tail
         that could still grow into a stop string."""
@@ -227,18 +235,18 @@ def stream(
     if len(param_list) != len(prompt_list):
         raise AutoDecoError(f"{len(param_list)} sampling params for {len(prompt_list)} prompts; give one, or one per prompt")
     token_ids = encode_prompts(tokenizer, prompt_list, chat)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    input_ids, attention_mask = left_pad(token_ids, pad, model.device)
     eos = eos_ids(model, tokenizer)
     rows = [RowText(tokenizer, p.stop, eos) for p in param_list]
+    if speculation is not None:
+        yield from _stream_running(model, token_ids, param_list, rows, eos, speculation)
+        return
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    input_ids, attention_mask = left_pad(token_ids, pad, model.device)
 
     def stop_test(row: int, token: int) -> bool:
         rows[row].add(token)
         return rows[row].stopped
 
-    if speculation is not None:
-        yield from _stream_running(model, token_ids, param_list, rows, eos, speculation)
-        return
     for step in decode(model, input_ids, attention_mask, param_list, eos_token_ids=eos, stop_test=stop_test):
         for row, token in enumerate(step.tokens):
             if token < 0:
@@ -255,21 +263,15 @@ def _stream_running(
     """:func:`stream` through a :class:`RunningBatch` with speculative decoding; a row may gain
     several tokens per step, and those past its stop string are dropped."""
     batch = RunningBatch(model, eos, speculation)
-    events = batch.join([RowRequest(i, ids, p) for i, (ids, p) in enumerate(zip(token_ids, params))])
-    while events:
-        for token_event in events:
-            row = rows[token_event.key]
-            if row.stopped:
-                continue
-            row.add(token_event.token)
-            reason = "stop" if row.stopped else token_event.finish_reason
-            if row.stopped:
-                batch.leave({token_event.key})
-            trace = TokenTrace(token_event.token, "", token_event.temperature, token_event.top_p)
-            event = row.event(token_event.key, trace, reason, len(token_ids[token_event.key]))
-            if event is not None:
-                yield event
-        events = batch.advance()
+    for token in batch.run([RowRequest(i, ids, p) for i, (ids, p) in enumerate(zip(token_ids, params))]):
+        row = rows[token.key]
+        if row.stopped:
+            continue
+        event, reason = row.take(token.key, token, len(token_ids[token.key]))
+        if reason is not None and token.finish_reason is None:
+            batch.leave({token.key})
+        if event is not None:
+            yield event
 
 
 def _as_prompt_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:

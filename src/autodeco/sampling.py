@@ -17,7 +17,7 @@ of a top-k or top-p cut are all kept: the result then does not depend on how a s
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 
@@ -193,6 +193,12 @@ class BatchedSampling:
             needs_entropy=any(p.decoding == "dynatemp" and not p.is_greedy for p in params),
             all_greedy=all(p.is_greedy for p in params),
         )
+
+    def repeat_rows(self, times: int) -> "BatchedSampling":
+        """Each row ``times`` times in a row (one per position, when several are sampled per row)."""
+        if times == 1:
+            return self
+        return replace(self, **{f.name: value.repeat_interleave(times, dim=0) for f in fields(self) if isinstance(value := getattr(self, f.name), torch.Tensor)})
 
     def resolve(
         self, learned_temperature: torch.Tensor | None, learned_top_p: torch.Tensor | None, logits: torch.Tensor | None = None

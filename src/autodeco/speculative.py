@@ -60,7 +60,11 @@ class SpeculationStats:
     drafted: int = 0
     accepted: int = 0
     forwards: int = 0
-    tokens: int = 0
+
+    @property
+    def tokens(self) -> int:
+        """Tokens the forwards produced: each row's accepted drafts and one sampled token."""
+        return self.accepted + self.forwards
 
     @property
     def acceptance_rate(self) -> float:
@@ -75,7 +79,6 @@ class SpeculationStats:
         self.drafted += drafted
         self.accepted += accepted
         self.forwards += rows
-        self.tokens += accepted + rows
 
     def to_dict(self) -> dict[str, float]:
         return {"drafted": self.drafted, "accepted": self.accepted, "acceptance_rate": self.acceptance_rate,
@@ -150,10 +153,12 @@ class ModelDrafter:
     def join(self, contexts: list[list[int]]) -> None:
         ids, mask = left_pad([c[:-1] for c in contexts], 0, self.model.device)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), use_cache=True, logits_to_keep=1)
-        merged = None if self.cache is None else kv_cache.merge(self.cache, self.mask, out.cache, mask)
-        if self.cache is not None and merged is None:
-            raise AutoDecoError("this draft model's KV cache kind cannot be merged; use it with one batch at a time")
-        self.cache, self.mask = (out.cache, mask) if merged is None else (self.cache, merged)
+        if self.cache is None:
+            self.cache, self.mask = out.cache, mask
+        else:
+            self.mask = kv_cache.merge(self.cache, self.mask, out.cache, mask)
+            if self.mask is None:
+                raise AutoDecoError("this draft model's KV cache kind cannot be merged; use it with one batch at a time")
         self.fed += [len(c) - 1 for c in contexts]
 
     def select(self, rows: list[int]) -> None:
@@ -186,15 +191,12 @@ class ModelDrafter:
         return torch.cat(drafts, dim=-1).tolist()
 
     def accepted(self, counts: list[int]) -> None:
-        fed = self._fed_drafts
-        keep = torch.ones_like(self.mask, dtype=torch.bool)
-        for row, count in enumerate(counts):
-            kept = min(count, fed)
-            if kept < fed:
-                keep[row, keep.shape[1] - (fed - kept):] = False
-            self.fed[row] += kept
+        kept = torch.tensor(counts, device=self.mask.device).clamp(max=self._fed_drafts)
+        keep = torch.ones_like(self.mask, dtype=torch.bool)  # drop the fed drafts the target rejected, and feeding holes
+        keep[:, self.mask.shape[1] - self._fed_drafts:] = torch.arange(self._fed_drafts, device=kept.device) < kept.unsqueeze(-1)
         self.mask = kv_cache.compact(self.cache, self.mask, keep)
         kv_cache.record_past(self.cache, False)
+        self.fed = [f + k for f, k in zip(self.fed, kept.tolist())]
 
 
 SPECULATIVE_HELP = "ngram (prompt lookup), draft:MODEL (a smaller model with the same tokenizer) or early-exit:K (the first K layers)"

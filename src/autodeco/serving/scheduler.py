@@ -20,7 +20,7 @@ from transformers import PreTrainedTokenizerBase
 
 from autodeco.batching import RowRequest, RunningBatch, TokenEvent
 from autodeco.speculative import Speculation
-from autodeco.engine import RowText, StreamEvent, TokenTrace, eos_ids
+from autodeco.engine import RowText, StreamEvent, eos_ids
 from autodeco.errors import AutoDecoError
 from autodeco.sampling import SamplingParams
 
@@ -187,12 +187,9 @@ class Scheduler:
             if choice is None:
                 continue
             self.generated_tokens += 1
-            choice.text.add(event.token)
-            reason = "stop" if choice.text.stopped else event.finish_reason
+            update, reason = choice.text.take(choice.index, event, len(choice.job.prompt))
             if reason is not None and event.finish_reason is None:
                 stopped.add(event.key)
-            trace = TokenTrace(event.token, "", event.temperature, event.top_p, event.logprob, event.top_logprobs)
-            update = choice.text.event(choice.index, trace, reason, len(choice.job.prompt))
             if update is not None:
                 outbox.append((choice.job, update))
             if reason is not None:
