@@ -282,3 +282,14 @@ def test_one_forward_of_the_base_per_call(make_model, monkeypatch):
     model(input_ids=torch.tensor([[1, 2, 3]]))
     model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=3, eos_token_id=[])
     assert len(calls) == 1 + 3  # the call, then prefill + 2 decode steps (the 3rd token needs no forward)
+
+
+def test_merged_dir_carries_no_sampling_defaults(make_model, tmp_path):
+    """The heads replace the base's sampling defaults: engines that read generation_config.json
+    (vLLM's generation_config="auto") must find none to apply on top of the learned values."""
+    model = make_model("gemma3_text")
+    model.llm.generation_config.update(do_sample=True, top_k=64, top_p=0.95, temperature=0.7)
+    model.save_merged(tmp_path)
+    saved = json.loads((tmp_path / "generation_config.json").read_text())
+    assert not {"top_k", "top_p", "temperature", "do_sample"} & set(saved)
+    assert saved["eos_token_id"] == model.llm.generation_config.eos_token_id

@@ -25,6 +25,7 @@ from autodeco.sampling import (
     apply_user_controls,
     counter_uniforms,
     entropy_temperature,
+    nucleus_logits,
     row_argmax,
     top_candidates,
 )
@@ -373,3 +374,34 @@ def test_dynatemp_rows_mix_with_other_rows_and_need_the_logits():
 def test_sampling_params_reject_bad_values_with_a_named_problem(kwargs, message):
     with pytest.raises(AutoDecoError, match=message.replace("(", r"\(")):
         SamplingParams(**kwargs)
+
+
+@pytest.mark.parametrize("vocab", [16_384, 262_144])
+def test_nucleus_logits_softmax_is_top_p_probs(vocab):
+    """The logits the vLLM plugin returns: their softmax is the exact distribution, with the same
+    support, on every pure top-p adversarial row (first list, threshold list, ties, full sort),
+    a greedy row and an uncut row, in one batch."""
+    rows = [r for r in _adversarial_rows(vocab).values() if not r[3] and not r[4]]
+    logits = torch.stack([r[0] for r in rows] + [rows[0][0], rows[0][0]])
+    temperature = torch.tensor([r[1] for r in rows] + [0.0, 0.8])
+    top_p = torch.tensor([r[2] for r in rows] + [0.5, 1.0])
+    expected = top_p_probs(logits, temperature, top_p)
+    # a float64 softmax: torch's float32 one over 262k entries is itself off by up to 2e-5 (relative)
+    got = torch.softmax(nucleus_logits(logits, temperature, top_p).double(), dim=-1).float()
+    assert torch.equal(got > 0, expected > 0)
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-8)
+    assert len(rows) >= 3 and int((got[-2] > 0).sum()) == 1
+
+
+def test_nucleus_logits_reuse_the_heads_softmax():
+    """With the statistics' softmax at T + 1e-8 and its top ids (what the heads hand over), the
+    result is the same as recomputing at T."""
+    from autodeco.heads import SoftmaxOut, probability_statistics
+
+    torch.manual_seed(0)
+    logits = torch.randn(6, 4096) * torch.tensor([0.5, 1, 2, 4, 8, 16]).unsqueeze(-1)
+    temperature, top_p = torch.rand(6) + 0.3, torch.rand(6) * 0.9 + 0.05
+    out = SoftmaxOut(torch.empty(6, 4096), torch.empty(6, CANDIDATES, dtype=torch.long))
+    probability_statistics(logits, temperature, out)
+    reused = nucleus_logits(logits, temperature, top_p, probs=out.probs, probs_top_ids=out.top_ids)
+    assert torch.equal(reused, nucleus_logits(logits, temperature, top_p))

@@ -1,29 +1,53 @@
-"""autodeco: learned per-token temperature and top-p for any Hugging Face causal LM."""
+"""autodeco: learned per-token temperature and top-p for any Hugging Face causal LM.
 
-from autodeco.engine import Completion, StreamEvent, TokenTrace, generate, stream
-from autodeco.errors import AutoDecoError
-from autodeco.heads import AutoDecoHeads, TemperatureHead, TopPHead
-from autodeco.modeling import AutoDecoGenerateOutput, AutoDecoModelForCausalLM, AutoDecoOutput
-from autodeco.sampling import SamplingParams, sample_tokens, top_p_probs
-from autodeco.speculative import Speculation, make_speculation
+The public names load on first use, so that ``import autodeco.integrations.vllm`` (which vLLM
+runs in every process it starts) pulls in only the torch-level modules it needs.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "AutoDecoError": "autodeco.errors",
+    "AutoDecoGenerateOutput": "autodeco.modeling",
+    "AutoDecoHeads": "autodeco.heads",
+    "AutoDecoModelForCausalLM": "autodeco.modeling",
+    "AutoDecoOutput": "autodeco.modeling",
+    "Completion": "autodeco.engine",
+    "SamplingParams": "autodeco.sampling",
+    "Speculation": "autodeco.speculative",
+    "StreamEvent": "autodeco.engine",
+    "TemperatureHead": "autodeco.heads",
+    "TokenTrace": "autodeco.engine",
+    "TopPHead": "autodeco.heads",
+    "generate": "autodeco.engine",
+    "make_speculation": "autodeco.speculative",
+    "sample_tokens": "autodeco.sampling",
+    "stream": "autodeco.engine",
+    "top_p_probs": "autodeco.sampling",
+}
+
+if TYPE_CHECKING:
+    from autodeco.engine import Completion, StreamEvent, TokenTrace, generate, stream
+    from autodeco.errors import AutoDecoError
+    from autodeco.heads import AutoDecoHeads, TemperatureHead, TopPHead
+    from autodeco.modeling import AutoDecoGenerateOutput, AutoDecoModelForCausalLM, AutoDecoOutput
+    from autodeco.sampling import SamplingParams, sample_tokens, top_p_probs
+    from autodeco.speculative import Speculation, make_speculation
 
 __version__ = "0.1.0"
-__all__ = [
-    "AutoDecoError",
-    "AutoDecoGenerateOutput",
-    "AutoDecoHeads",
-    "AutoDecoModelForCausalLM",
-    "AutoDecoOutput",
-    "Completion",
-    "SamplingParams",
-    "Speculation",
-    "StreamEvent",
-    "TemperatureHead",
-    "TokenTrace",
-    "TopPHead",
-    "generate",
-    "make_speculation",
-    "sample_tokens",
-    "stream",
-    "top_p_probs",
-]
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'autodeco' has no attribute {name!r}")
+    value = getattr(import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return [*__all__, "__version__"]

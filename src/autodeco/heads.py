@@ -12,6 +12,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from autodeco.errors import AutoDecoError
 from autodeco.sampling import top_candidates
 
 HEAD_WIDTH = 256
@@ -176,3 +177,36 @@ def expected_head_shapes(hidden_size: int, use_enhanced_features: bool = True) -
     with torch.device("meta"):
         heads = AutoDecoHeads(hidden_size, use_enhanced_features)
     return {name: tuple(t.shape) for name, t in heads.state_dict().items()}
+
+
+def heads_from_tensors(
+    tensors: dict[str, torch.Tensor],
+    source: str,
+    *,
+    use_enhanced_features: bool = True,
+    enable_temperature_head: bool = True,
+    enable_top_p_head: bool = True,
+) -> AutoDecoHeads:
+    """Float32 heads built from checkpoint tensors, which must be exactly the 8 released ones
+    with consistent shapes (the hidden size is read off ``temp_head.mlp.0.weight``); ``source``
+    names where they came from in the errors."""
+    first_layer = tensors.get("temp_head.mlp.0.weight")
+    hidden = first_layer.shape[-1] if first_layer is not None else 0  # 0: reported as missing below
+    expected = expected_head_shapes(hidden, use_enhanced_features)
+    missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or extra:
+        parts = ([f"missing {missing}"] if missing else []) + ([f"unexpected {extra}"] if extra else [])
+        raise AutoDecoError(f"{source} does not hold the 8 AutoDeco head tensors: {'; '.join(parts)}")
+    for name, shape in expected.items():
+        if tuple(tensors[name].shape) != shape:
+            raise AutoDecoError(
+                f"{source}: {name} has shape {list(tensors[name].shape)} but hidden size {hidden} "
+                f"{'with' if use_enhanced_features else 'without'} the top-p statistics needs {list(shape)}; "
+                "check use_enhanced_features in config.json"
+            )
+    heads = AutoDecoHeads(
+        hidden, use_enhanced_features=use_enhanced_features,
+        enable_temperature_head=enable_temperature_head, enable_top_p_head=enable_top_p_head,
+    )
+    heads.load_state_dict({k: v.float() for k, v in tensors.items()})
+    return heads

@@ -15,10 +15,27 @@ batch stays left-padded (sliding-window layers must record their past for that r
 
 from __future__ import annotations
 
+import functools
+import inspect
+from typing import Any
+
 import torch
 from transformers.cache_utils import Cache, DynamicLayer, DynamicSlidingWindowLayer
 
 MERGEABLE_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer)
+
+
+def forward_with_cache(model: Any, cache: Any, **inputs: Any) -> tuple[Any, Any]:
+    """(output, its KV cache) of a transformers model's forward given ``cache``, by the name its
+    version uses: ``cache`` from transformers 5.2x, ``past_key_values`` before (the vLLM plugin's
+    environments pin 5.16-5.19)."""
+    out = model(**inputs, **{_cache_keyword(type(model)): cache})
+    return out, out.get("cache", out.get("past_key_values"))
+
+
+@functools.cache
+def _cache_keyword(model_class: type) -> str:
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 def pad_left(values: torch.Tensor, width: int, dim: int) -> torch.Tensor:

@@ -23,10 +23,12 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
+from autodeco.configuration import base_config_fields
 from autodeco.decoding import decode_to_tensors
 from autodeco.errors import AutoDecoError
-from autodeco.heads import AutoDecoHeads, SoftmaxOut, expected_head_shapes
+from autodeco.heads import AutoDecoHeads, SoftmaxOut, heads_from_tensors
 from autodeco.io import atomic_save_tensors, atomic_write_text
+from autodeco.kv_cache import forward_with_cache
 from autodeco.models import resolve_heads, resolve_model
 from autodeco.sampling import CANDIDATES, SamplingParams
 
@@ -34,11 +36,6 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 MERGED_PREFIX = "llm."
-# Fields the released config adds on top of the base config's own fields.
-AUTODECO_FIELDS = (
-    "base_model_name_or_path", "base_model_type", "enable_temperature_head", "enable_top_p_head",
-    "use_enhanced_features", "temperature_hidden_size", "top_p_hidden_size",
-)
 
 
 @dataclass
@@ -204,7 +201,10 @@ class AutoDecoModelForCausalLM(nn.Module):
             index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
             atomic_write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", directory / INDEX_NAME)
         atomic_write_text(json.dumps(self.autodeco_config(), indent=2, sort_keys=True) + "\n", directory / CONFIG_NAME)
-        self.llm.generation_config.save_pretrained(directory)
+        # only the special tokens: the heads replace the base's sampling defaults (Gemma ships top_k 64, top_p 0.95),
+        # which engines such as vLLM would otherwise apply on top of the learned values
+        base = self.llm.generation_config
+        GenerationConfig(bos_token_id=base.bos_token_id, eos_token_id=base.eos_token_id, pad_token_id=base.pad_token_id).save_pretrained(directory)
 
     # ------------------------------------------------------------------ forward
     @property
@@ -246,11 +246,12 @@ class AutoDecoModelForCausalLM(nn.Module):
         if past_key_values is not None and cache is not None:
             raise AutoDecoError("pass the KV cache once, as cache= or past_key_values=, not both")
         self._lm_head_input = None
-        out = self.llm(
+        out, out_cache = forward_with_cache(
+            self.llm,
+            cache if cache is not None else past_key_values,
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=cache if cache is not None else past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             logits_to_keep=logits_to_keep,
@@ -258,7 +259,7 @@ class AutoDecoModelForCausalLM(nn.Module):
         )
         hidden, self._lm_head_input = self._lm_head_input, None
         if not compute_heads:
-            return AutoDecoOutput(logits=out.logits, cache=out.cache)
+            return AutoDecoOutput(logits=out.logits, cache=out_cache)
         if hidden is None:
             raise AutoDecoError(f"{type(self.llm).__name__} did not call its output embedding; AutoDeco needs a causal LM head")
         softmax = None
@@ -270,7 +271,7 @@ class AutoDecoModelForCausalLM(nn.Module):
             )
         temperature, top_p = self.heads(hidden, out.logits, softmax)
         return AutoDecoOutput(
-            logits=out.logits, temperature=temperature, top_p=top_p, cache=out.cache,
+            logits=out.logits, temperature=temperature, top_p=top_p, cache=out_cache,
             probs=None if softmax is None else softmax.probs, probs_top_ids=None if softmax is None else softmax.top_ids,
         )
 
@@ -437,37 +438,16 @@ def _read_head_tensors(directory: Path, tensor_names: dict[str, Path]) -> dict[s
 
 
 def _heads_from_tensors(tensors: dict[str, torch.Tensor], config: dict[str, Any], directory: Path) -> AutoDecoHeads:
-    """Heads built from checkpoint tensors, which must be exactly the 8 released ones with
-    consistent shapes (the hidden size is read off temp_head.mlp.0.weight)."""
-    use_statistics = config.get("use_enhanced_features", True)
-    first_layer = tensors.get("temp_head.mlp.0.weight")
-    hidden = first_layer.shape[-1] if first_layer is not None else 0  # 0: reported as missing below
-    expected = expected_head_shapes(hidden, use_statistics)
-    missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-    if missing or extra:
-        parts = ([f"missing {missing}"] if missing else []) + ([f"unexpected {extra}"] if extra else [])
-        raise AutoDecoError(f"{directory} does not hold the 8 AutoDeco head tensors: {'; '.join(parts)}")
-    for name, shape in expected.items():
-        if tuple(tensors[name].shape) != shape:
-            raise AutoDecoError(
-                f"{directory}: {name} has shape {list(tensors[name].shape)} but hidden size {hidden} "
-                f"{'with' if use_statistics else 'without'} the top-p statistics needs {list(shape)}; "
-                "check use_enhanced_features in config.json"
-            )
-    heads = AutoDecoHeads(
-        hidden,
-        use_enhanced_features=use_statistics,
-        enable_temperature_head=config.get("enable_temperature_head", True),
-        enable_top_p_head=config.get("enable_top_p_head", True),
+    return heads_from_tensors(
+        tensors, str(directory), use_enhanced_features=config.get("use_enhanced_features", True),
+        enable_temperature_head=config.get("enable_temperature_head", True), enable_top_p_head=config.get("enable_top_p_head", True),
     )
-    heads.load_state_dict({k: v.float() for k, v in tensors.items()})
-    return heads
 
 
 def _load_merged_base(
     directory: Path, config: dict[str, Any], *, dtype: torch.dtype | str, device: str | torch.device | None, trust_remote_code: bool
 ) -> PreTrainedModel:
-    base_fields = {k: v for k, v in config.items() if k not in AUTODECO_FIELDS and k not in ("model_type", "architectures")}
+    base_fields = base_config_fields(config)
     base_type = config.get("base_model_type")
     if not base_type:
         raise AutoDecoError(f"{directory / CONFIG_NAME} names no base_model_type; cannot rebuild the base of a merged checkpoint")

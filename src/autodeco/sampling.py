@@ -434,6 +434,51 @@ def top_p_probs(
     return torch.where((temperature <= 0).unsqueeze(-1), argmax, probs)
 
 
+def nucleus_logits(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_p: torch.Tensor,
+    *,
+    probs: torch.Tensor | None = None,
+    probs_top_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`top_p_probs` as logits: float32 ``logits / T`` with every token outside the
+    nucleus at -inf, so that their softmax is the exact sampling distribution. For engines whose
+    own sampler draws from the logits a model returns (vLLM's ``compute_logits``).
+
+    ``logits [B, V]``; ``temperature [B]`` (<= 0: greedy, only the argmax stays finite, at 0);
+    ``top_p [B]`` (>= 1: no cut). The nucleus is found without sorting the vocabulary, as
+    :func:`sample_tokens` finds it: each row's :data:`CANDIDATES` most likely tokens decide most
+    rows, the threshold list of :func:`_threshold_nucleus` the long nuclei, and a full sort what
+    neither decides. ``probs [B, V]`` / ``probs_top_ids [B, CANDIDATES]``: softmax(logits / T) up
+    to a factor per row and the ids of its largest entries, if the caller has them (the top-p
+    head's statistics take them at T + 1e-8, within :data:`GUARD_TOLERANCE`).
+    """
+    greedy = temperature <= 0
+    safe_t = torch.where(greedy, torch.ones_like(temperature), temperature).float().unsqueeze(-1)
+    if probs is None:
+        probs, probs_top_ids = _probabilities(logits, temperature), None
+    total = probs.sum(dim=-1)
+    nucleus = _head_nucleus(probs, total, top_p, None, None, probs_top_ids)
+    floor = nucleus.sorted_probs.gather(-1, nucleus.kept - 1).squeeze(-1)  # the least likely kept token
+    pending = ~greedy & (top_p < 1) & ~nucleus.exact
+    any_greedy, any_pending = torch.stack([greedy.any(), pending.any()]).tolist()
+    for fallback in (_threshold_nucleus, _full_nucleus):
+        if not any_pending:
+            break
+        rows = pending.nonzero().squeeze(-1)
+        found = fallback(probs[rows], total[rows], top_p[rows], None, None)
+        floor[rows] = torch.where(found.exact, found.sorted_probs.gather(-1, found.kept - 1).squeeze(-1), floor[rows])
+        pending[rows] = ~found.exact
+        any_pending = bool(pending.any())
+    floor = torch.where(top_p >= 1, torch.zeros_like(floor), floor)  # ties with the floor stay, as in top_p_probs
+    scaled = (logits.float() / safe_t).masked_fill_(probs < floor.unsqueeze(-1), -math.inf)
+    if any_greedy:
+        argmax_only = torch.full_like(scaled, -math.inf).scatter_(-1, row_argmax(logits)[0].unsqueeze(-1), 0.0)
+        scaled = torch.where(greedy.unsqueeze(-1), argmax_only, scaled)
+    return scaled
+
+
 def _draw(nucleus: _Nucleus, uniforms: torch.Tensor, mass: torch.Tensor | None = None) -> torch.Tensor:
     """Inverse-CDF sampling over each row's kept tokens, in descending order: the first whose
     cumulative mass exceeds u * ``mass [B, 1]`` (by default the kept tokens' own mass)."""

@@ -152,11 +152,11 @@ class ModelDrafter:
 
     def join(self, contexts: list[list[int]]) -> None:
         ids, mask = left_pad([c[:-1] for c in contexts], 0, self.model.device)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), use_cache=True, logits_to_keep=1)
+        _, cache = kv_cache.forward_with_cache(self.model, None, input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), use_cache=True, logits_to_keep=1)
         if self.cache is None:
-            self.cache, self.mask = out.cache, mask
+            self.cache, self.mask = cache, mask
         else:
-            self.mask = kv_cache.merge(self.cache, self.mask, out.cache, mask)
+            self.mask = kv_cache.merge(self.cache, self.mask, cache, mask)
             if self.mask is None:
                 raise AutoDecoError("this draft model's KV cache kind cannot be merged; use it with one batch at a time")
         self.fed += [len(c) - 1 for c in contexts]
@@ -181,8 +181,9 @@ class ModelDrafter:
         for _ in range(k):
             self.mask = torch.cat([self.mask, fresh], dim=-1)
             positions = positions_from_mask(self.mask)[:, -block.shape[1]:]
-            out = self.model(input_ids=block, attention_mask=self.mask, position_ids=positions, cache=self.cache, use_cache=True, logits_to_keep=1)
-            self.cache = out.cache
+            out, self.cache = kv_cache.forward_with_cache(
+                self.model, self.cache, input_ids=block, attention_mask=self.mask, position_ids=positions, use_cache=True, logits_to_keep=1
+            )
             block = out.logits[:, -1].argmax(dim=-1, keepdim=True)
             drafts.append(block)
             fresh = self.mask.new_ones(len(contexts), 1)
