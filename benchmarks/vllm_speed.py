@@ -15,7 +15,8 @@ Run it with the vLLM environment's python (``make .venv-vllm/.installed``):
 
 Each contender runs ``--repeats`` times, interleaved; the table gives the median tokens/s and the
 spread (min-max) of the ratios. Writes benchmarks/results/vllm_speed-<name>.json and .md. The
-same script runs on a GPU with the official ``vllm`` package (``--dtype bfloat16`` is the default).
+same script runs on a GPU with the official ``vllm`` package (``--dtype bfloat16`` is the default;
+vLLM 0.33 is outside the tested range: set ``AUTODECO_VLLM_ALLOW_UNTESTED=1``).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def ours_rate(model, tokenizer, prompts: list[str], new_tokens: int) -> float:
     from autodeco import SamplingParams
     from autodeco.decoding import decode, left_pad
 
-    ids, mask = left_pad([tokenizer(p).input_ids for p in prompts], tokenizer.pad_token_id or 0)
+    ids, mask = left_pad([tokenizer(p).input_ids for p in prompts], tokenizer.pad_token_id or 0, model.device)
     params = [SamplingParams(max_new_tokens=new_tokens, seed=i) for i in range(len(prompts))]
     start = time.perf_counter()
     steps = sum(1 for _ in decode(model, ids, mask, params, eos_token_ids=set()))
@@ -64,7 +65,7 @@ def plugin_step_ms(model, tokenizer, prompts: list[str], repeats: int = 20) -> d
     from autodeco.integrations.vllm.model import learned_logits
     from autodeco.modeling import final_hidden_states, logits_from_hidden
 
-    ids, mask = left_pad([tokenizer(p).input_ids for p in prompts], tokenizer.pad_token_id or 0)
+    ids, mask = left_pad([tokenizer(p).input_ids for p in prompts], tokenizer.pad_token_id or 0, model.device)
     with torch.no_grad():
         hidden = final_hidden_states(model.llm, ids, mask)[:, -1].contiguous()
         logits = logits_from_hidden(model.llm, hidden)
@@ -85,6 +86,37 @@ def plugin_step_ms(model, tokenizer, prompts: list[str], repeats: int = 20) -> d
         return {"plugin_ms": best(lambda: learned_logits(model.heads, hidden, logits)), "static_draw_ms": best(static_draw)}
 
 
+def markdown(result: dict, name: str) -> str:
+    """The results table of one run (``--render`` rebuilds it from the JSON)."""
+    from machine import machine_line
+
+    lines = [
+        f"# vLLM + AutoDeco plugin: {name}, {result['dtype']}, {result['new_tokens']} new tokens (EOS ignored), {result['repeats']} interleaved runs",
+        "",
+        "| batch | contender | tokens/s (median) | plugin / this (median, min-max over runs) |",
+        "|---:|---|---:|---:|",
+    ]
+    for row in result["rows"]:
+        low, high = row["plugin_over_this_range"]
+        lines.append(f"| {row['batch']} | {row['contender']} | {row['tokens_per_s']:.1f} | {row['plugin_over_this']:.2f}x ({low:.2f}-{high:.2f}) |")
+    if result["step_costs"]:
+        greedy = {r["batch"]: 1000 * r["batch"] / r["tokens_per_s"] for r in result["rows"] if r["contender"] == "vLLM: greedy"}
+        lines += [
+            "", "What the plugin's compute_logits adds per decode step (heads, statistics, nucleus mask), timed alone on real",
+            "Gemma logits (best of 20), against vLLM's step times from the medians above; for scale, the same batch's",
+            "T=1 draw done in eager torch (softmax, Exp(1) noise, argmax; vLLM's own sampler is faster: its static T=1",
+            "step minus its greedy step).", "",
+            "| batch | plugin ms | vLLM greedy step ms | vLLM static T=1 step ms | plugin / static step | eager-torch T=1 draw ms |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {c['batch']} | {c['plugin_ms']:.2f} | {greedy[c['batch']]:.1f} | {c['static_step_ms']:.1f} | {100 * c['plugin_share']:.1f}% | {c['static_draw_ms']:.2f} |"
+            for c in result["step_costs"]
+        ]
+    lines += ["", machine_line(result["machine"]) + f" vLLM {result['machine']['vllm']}.", ""]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
@@ -93,7 +125,14 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--name", default="gemma-3-270m")
     parser.add_argument("--skip-ours", action="store_true", help="only the vLLM contenders (e.g. on a GPU)")
+    parser.add_argument("--render", action="store_true", help="rebuild the markdown table from the committed JSON, run nothing")
     args = parser.parse_args()
+    if args.render:
+        from autodeco.io import atomic_write_text
+
+        result = json.loads((RESULTS / f"vllm_speed-{args.name}.json").read_text())
+        atomic_write_text(markdown(result, args.name), RESULTS / f"vllm_speed-{args.name}.md")
+        return
 
     import torch
     import vllm
@@ -102,12 +141,13 @@ def main() -> None:
     from autodeco import AutoDecoModelForCausalLM
     from autodeco.models import load_tokenizer, resolve_heads, resolve_model
     from decode_speed import PROMPTS  # benchmarks/decode_speed.py: the same prompts as the engine benchmark
-    from machine import machine_info, machine_line
+    from machine import machine_info
 
     base_dir, heads_dir = resolve_model("gemma-3-270m"), str(resolve_heads("gemma-3-270m"))
     common = dict(tokenizer=base_dir, dtype=args.dtype, max_model_len=1024, max_num_seqs=max(args.batches), generation_config="vllm", seed=0)
     engines = {"base": LLM(model=base_dir, **common), "plugin": LLM(model=heads_dir, **common)}
-    ours = None if args.skip_ours else AutoDecoModelForCausalLM.from_pretrained(heads_dir, dtype=getattr(torch, args.dtype))
+    device = "cuda" if torch.cuda.is_available() else None
+    ours = None if args.skip_ours else AutoDecoModelForCausalLM.from_pretrained(heads_dir, dtype=getattr(torch, args.dtype), device=device)
     tokenizer = load_tokenizer(base_dir)
 
     def sampling(**fields):
@@ -153,24 +193,9 @@ def main() -> None:
     from autodeco.io import atomic_write_text
 
     atomic_write_text(json.dumps(result, indent=2) + "\n", RESULTS / f"vllm_speed-{args.name}.json")
-    lines = [
-        f"# vLLM + AutoDeco plugin: {args.name}, {args.dtype}, {args.new_tokens} new tokens (EOS ignored), {args.repeats} interleaved runs",
-        "",
-        "| batch | contender | tokens/s (median) | plugin / this (median, min-max over runs) |",
-        "|---:|---|---:|---:|",
-    ]
-    for row in rows:
-        low, high = row["plugin_over_this_range"]
-        lines.append(f"| {row['batch']} | {row['contender']} | {row['tokens_per_s']:.1f} | {row['plugin_over_this']:.2f}x ({low:.2f}-{high:.2f}) |")
-    if step_costs:
-        lines += [
-            "", "What the plugin's compute_logits adds per decode step (heads, statistics, nucleus mask; best of 20, real Gemma logits):", "",
-            "| batch | plugin ms | vLLM static T=1 step ms | share | vLLM's own T=1 draw ms |", "|---:|---:|---:|---:|---:|",
-        ]
-        lines += [f"| {c['batch']} | {c['plugin_ms']:.2f} | {c['static_step_ms']:.1f} | {100 * c['plugin_share']:.1f}% | {c['static_draw_ms']:.2f} |" for c in step_costs]
-    lines += ["", machine_line(machine) + f" vLLM {vllm.__version__}.", ""]
-    atomic_write_text("\n".join(lines), RESULTS / f"vllm_speed-{args.name}.md")
-    print("\n".join(lines))
+    table = markdown(result, args.name)
+    atomic_write_text(table, RESULTS / f"vllm_speed-{args.name}.md")
+    print(table)
     print(f"wrote {RESULTS / f'vllm_speed-{args.name}.json'} and .md")
 
 

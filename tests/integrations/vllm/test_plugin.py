@@ -196,3 +196,73 @@ def test_no_compute_logits_local():
     """Batch-sharded sampling would hand compute_logits_local one vocabulary shard: the nucleus
     needs all of it, so the class must not offer it (vLLM then uses compute_logits)."""
     assert not hasattr(AutoDecoForVLLM, "compute_logits_local")
+
+
+class RecordingBase(torch.nn.Module):
+    """Stands in for vLLM's base model in load_weights: records the tensors it is handed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.received: list[str] = []
+
+    def load_weights(self, weights):
+        self.received = [name for name, _ in weights]
+        return set(self.received)
+
+
+def model_without_engine(hidden: int, base_name_or_path: str | None = None) -> AutoDecoForVLLM:
+    from autodeco.heads import AutoDecoHeads
+
+    model = AutoDecoForVLLM.__new__(AutoDecoForVLLM)
+    torch.nn.Module.__init__(model)
+    model.llm, model.heads = RecordingBase(), AutoDecoHeads(hidden)
+    model.checkpoint, model.base_name_or_path = "ckpt", base_name_or_path
+    return model
+
+
+def head_tensors(hidden: int) -> list[tuple[str, torch.Tensor]]:
+    from autodeco.heads import AutoDecoHeads
+
+    return list(AutoDecoHeads(hidden).state_dict().items())
+
+
+def test_load_weights_routes_merged_tensors_and_loads_the_heads():
+    model = model_without_engine(32)
+    heads = head_tensors(32)
+    loaded = model.load_weights([heads[0], ("llm.model.embed.weight", torch.zeros(1)), *heads[1:], ("llm.lm_head.weight", torch.zeros(1))])
+    assert model.llm.received == ["model.embed.weight", "lm_head.weight"]
+    assert {"llm.model.embed.weight", "heads.temp_head.mlp.0.weight", "heads.top_p_head.mlp.2.bias"} <= loaded
+    assert torch.equal(model.heads.temp_head.mlp[0].weight, heads[0][1])
+
+
+def test_load_weights_refuses_heads_of_another_hidden_size_and_missing_tensors(tmp_path):
+    base = tmp_path / "base"
+    base.mkdir()
+    from safetensors.torch import save_file
+
+    save_file({"model.embed.weight": torch.zeros(2)}, str(base / "model.safetensors"))
+    with pytest.raises(AutoDecoError, match="expect hidden size 16 but the base has hidden size 32"):
+        model_without_engine(32, str(base)).load_weights(head_tensors(16))
+    with pytest.raises(AutoDecoError, match=r"missing \['top_p_head.mlp.2.bias'\]"):
+        model_without_engine(32, str(base)).load_weights(head_tensors(32)[:-1])
+    model = model_without_engine(32, str(base))
+    model.load_weights(head_tensors(32))
+    assert model.llm.received == ["model.embed.weight"]  # heads-only: the base's own file
+
+
+def test_untested_vllm_logs_one_line_and_registers_nothing(monkeypatch, caplog):
+    import vllm
+    from vllm import ModelRegistry
+
+    from autodeco.integrations.vllm import register
+
+    registered = []
+    monkeypatch.setattr(ModelRegistry, "register_model", lambda *args: registered.append(args))
+    monkeypatch.setattr(vllm, "__version__", "0.40.1")
+    monkeypatch.delenv("AUTODECO_VLLM_ALLOW_UNTESTED", raising=False)
+    with caplog.at_level("ERROR", logger="autodeco.vllm"):
+        register()
+    assert registered == [] and len(caplog.records) == 1 and "0.40.1 is outside the range" in caplog.records[0].getMessage()
+    monkeypatch.setenv("AUTODECO_VLLM_ALLOW_UNTESTED", "1")
+    register()
+    assert registered == [("AutoDecoModelForCausalLM", "autodeco.integrations.vllm.model:AutoDecoForVLLM")]
