@@ -16,6 +16,7 @@ from transformers import AutoConfig, PretrainedConfig
 
 from autodeco.errors import AutoDecoError
 
+MERGED_PREFIX = "llm."  # a merged checkpoint's base tensors are named llm.<the base's own key>
 # Fields the released config adds on top of the base config's own fields.
 AUTODECO_FIELDS = (
     "base_model_name_or_path", "base_model_type", "enable_temperature_head", "enable_top_p_head",

@@ -23,7 +23,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from autodeco.configuration import base_config_fields
+from autodeco.configuration import MERGED_PREFIX, base_config_fields
 from autodeco.decoding import decode_to_tensors
 from autodeco.errors import AutoDecoError
 from autodeco.heads import AutoDecoHeads, SoftmaxOut, heads_from_tensors
@@ -35,7 +35,6 @@ from autodeco.sampling import CANDIDATES, SamplingParams
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
-MERGED_PREFIX = "llm."
 
 
 @dataclass

@@ -24,6 +24,7 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,12 +33,11 @@ from vllm.model_executor.models import ModelRegistry
 from vllm.model_executor.models.interfaces import SupportsPP
 from vllm.model_executor.models.utils import init_vllm_registered_model, maybe_prefix
 
-from autodeco.configuration import AutoDecoConfig
+from autodeco.configuration import MERGED_PREFIX, AutoDecoConfig
 from autodeco.errors import AutoDecoError
 from autodeco.heads import AutoDecoHeads, SoftmaxOut, heads_from_tensors
 from autodeco.sampling import CANDIDATES, nucleus_logits
 
-MERGED_PREFIX = "llm."  # base tensors of a merged checkpoint (released layout)
 HEADS_PREFIX = "heads."  # this module's attribute holding the heads
 
 
@@ -90,12 +90,17 @@ class AutoDecoForVLLM(nn.Module, SupportsPP):
         _current = self
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The base's token embeddings."""
         return self.llm.embed_input_ids(input_ids)
 
-    def make_empty_intermediate_tensors(self, *args, **kwargs):
+    def make_empty_intermediate_tensors(self, *args: Any, **kwargs: Any) -> Any:
+        """The base's pipeline-stage buffers (vLLM's SupportsPP contract)."""
         return self.llm.make_empty_intermediate_tensors(*args, **kwargs)
 
-    def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None, **kwargs):
+    def forward(
+        self, input_ids: torch.Tensor | None, positions: torch.Tensor, intermediate_tensors: Any = None,
+        inputs_embeds: torch.Tensor | None = None, **kwargs: Any,
+    ) -> Any:
         """The base's forward, unchanged: post-norm hidden states (or a pipeline stage's tensors)."""
         return self.llm(input_ids, positions, intermediate_tensors, inputs_embeds, **kwargs)
 
