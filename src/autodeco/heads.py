@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from autodeco.errors import AutoDecoError
-from autodeco.sampling import top_candidates
+from autodeco.sampling import CANDIDATES, top_candidates
 
 HEAD_WIDTH = 256
 NUM_STATISTICS = 4  # max prob, entropy, variance, top-5 mass
@@ -35,6 +35,15 @@ class SoftmaxOut(NamedTuple):
 
     probs: torch.Tensor  # [..., V] float32: q up to a factor per row (its largest entry is 1)
     top_ids: torch.Tensor  # [..., K] int64, K >= 5: the ids of each row's K largest q, descending
+
+    @classmethod
+    def empty_for(cls, logits: torch.Tensor) -> "SoftmaxOut":
+        """Buffers for ``logits [..., V]``, with the sampler's :data:`CANDIDATES` top ids per row."""
+        ids_shape = (*logits.shape[:-1], min(CANDIDATES, logits.shape[-1]))
+        return cls(
+            torch.empty(logits.shape, dtype=torch.float32, device=logits.device),
+            torch.empty(ids_shape, dtype=torch.long, device=logits.device),
+        )
 
 
 @torch.no_grad()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -23,6 +24,16 @@ def atomic_replace(path: Path, write: Callable[[Path], None]) -> None:
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def safetensors_files(directory: Path) -> list[Path]:
+    """A checkpoint folder's safetensors files: the shards its ``model.safetensors.index.json``
+    names, or else ``model.safetensors`` if it is there (else none)."""
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        return [directory / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    single = directory / "model.safetensors"
+    return [single] if single.is_file() else []
 
 
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:

@@ -27,10 +27,10 @@ from autodeco.configuration import MERGED_PREFIX, base_config_fields
 from autodeco.decoding import decode_to_tensors
 from autodeco.errors import AutoDecoError
 from autodeco.heads import AutoDecoHeads, SoftmaxOut, heads_from_tensors
-from autodeco.io import atomic_save_tensors, atomic_write_text
+from autodeco.io import atomic_save_tensors, atomic_write_text, safetensors_files
 from autodeco.kv_cache import forward_with_cache
 from autodeco.models import resolve_heads, resolve_model
-from autodeco.sampling import CANDIDATES, SamplingParams
+from autodeco.sampling import SamplingParams
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -261,13 +261,7 @@ class AutoDecoModelForCausalLM(nn.Module):
             return AutoDecoOutput(logits=out.logits, cache=out_cache)
         if hidden is None:
             raise AutoDecoError(f"{type(self.llm).__name__} did not call its output embedding; AutoDeco needs a causal LM head")
-        softmax = None
-        if return_probs and self.heads.computes_probabilities:
-            device = out.logits.device
-            softmax = SoftmaxOut(
-                torch.empty(out.logits.shape, dtype=torch.float32, device=device),
-                torch.empty((*out.logits.shape[:-1], min(CANDIDATES, out.logits.shape[-1])), dtype=torch.long, device=device),
-            )
+        softmax = SoftmaxOut.empty_for(out.logits) if return_probs and self.heads.computes_probabilities else None
         temperature, top_p = self.heads(hidden, out.logits, softmax)
         return AutoDecoOutput(
             logits=out.logits, temperature=temperature, top_p=top_p, cache=out_cache,
@@ -409,14 +403,10 @@ def load_heads(directory: str | os.PathLike) -> AutoDecoHeads:
 
 
 def _checkpoint_files(directory: Path) -> list[Path]:
-    index = directory / INDEX_NAME
-    if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return [directory / name for name in sorted(set(weight_map.values()))]
-    single = directory / WEIGHTS_NAME
-    if not single.is_file():
-        raise AutoDecoError(f"{single} is missing; an AutoDeco heads dir holds config.json and model.safetensors")
-    return [single]
+    files = safetensors_files(directory)
+    if not files:
+        raise AutoDecoError(f"{directory / WEIGHTS_NAME} is missing; an AutoDeco heads dir holds config.json and model.safetensors")
+    return files
 
 
 def _checkpoint_tensor_names(directory: Path) -> dict[str, Path]:

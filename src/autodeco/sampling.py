@@ -17,6 +17,7 @@ of a top-k or top-p cut are all kept: the result then does not depend on how a s
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, replace
 
 import torch
@@ -297,6 +298,11 @@ class _Nucleus:
     kept: torch.Tensor  # [B, 1] how many of the most likely tokens each row keeps (>= 1)
     exact: torch.Tensor  # bool [B]: the list decides the row's nucleus (always so for a full sort)
 
+    @property
+    def floor(self) -> torch.Tensor:
+        """[B]: the probability of each row's least likely kept token."""
+        return self.sorted_probs.gather(-1, self.kept - 1).squeeze(-1)
+
 
 def _nucleus(
     sorted_probs: torch.Tensor,
@@ -407,6 +413,24 @@ def _threshold_nucleus(probs: torch.Tensor, total: torch.Tensor, top_p: torch.Te
     return nucleus
 
 
+def _long_nuclei(
+    probs: torch.Tensor, total: torch.Tensor, top_p: torch.Tensor, top_k: torch.Tensor | None, min_p: torch.Tensor | None,
+    pending: torch.Tensor, any_pending: bool,
+) -> Iterator[tuple[torch.Tensor, _Nucleus]]:
+    """(rows, their nucleus) for the ``pending [B]`` rows the first list left undecided: the
+    threshold list first, then the full sort for what it leaves. Only rows whose nucleus is
+    ``exact`` may be used; ``pending`` is updated in place."""
+    for fallback in (_threshold_nucleus, _full_nucleus):
+        if not any_pending:
+            return
+        rows = pending.nonzero().squeeze(-1)
+        row_k, row_min_p = (None if f is None else f[rows] for f in (top_k, min_p))
+        nucleus = fallback(probs[rows], total[rows], top_p[rows], row_k, row_min_p)
+        yield rows, nucleus
+        pending[rows] = ~nucleus.exact
+        any_pending = bool(pending.any())
+
+
 def top_p_probs(
     logits: torch.Tensor,
     temperature: torch.Tensor,
@@ -460,17 +484,11 @@ def nucleus_logits(
         probs, probs_top_ids = _probabilities(logits, temperature), None
     total = probs.sum(dim=-1)
     nucleus = _head_nucleus(probs, total, top_p, None, None, probs_top_ids)
-    floor = nucleus.sorted_probs.gather(-1, nucleus.kept - 1).squeeze(-1)  # the least likely kept token
+    floor = nucleus.floor
     pending = ~greedy & (top_p < 1) & ~nucleus.exact
     any_greedy, any_pending = torch.stack([greedy.any(), pending.any()]).tolist()
-    for fallback in (_threshold_nucleus, _full_nucleus):
-        if not any_pending:
-            break
-        rows = pending.nonzero().squeeze(-1)
-        found = fallback(probs[rows], total[rows], top_p[rows], None, None)
-        floor[rows] = torch.where(found.exact, found.sorted_probs.gather(-1, found.kept - 1).squeeze(-1), floor[rows])
-        pending[rows] = ~found.exact
-        any_pending = bool(pending.any())
+    for rows, found in _long_nuclei(probs, total, top_p, None, None, pending, any_pending):
+        floor[rows] = torch.where(found.exact, found.floor, floor[rows])
     floor = torch.where(top_p >= 1, torch.zeros_like(floor), floor)  # ties with the floor stay, as in top_p_probs
     scaled = (logits.float() / safe_t).masked_fill_(probs < floor.unsqueeze(-1), -math.inf)
     if any_greedy:
@@ -583,15 +601,8 @@ def sample_tokens(
     if any_untruncated:
         rows = untruncated.nonzero().squeeze(-1)
         tokens[rows] = _draw_untruncated(probs[rows], uniforms[rows])
-    for fallback in (_threshold_nucleus, _full_nucleus):  # long nuclei; then the sort for what is left
-        if not any_pending:
-            break
-        rows = pending.nonzero().squeeze(-1)
-        row_k, row_min_p = (None if f is None else f[rows] for f in (top_k, min_p))
-        nucleus = fallback(probs[rows], total[rows], top_p[rows], row_k, row_min_p)
+    for rows, nucleus in _long_nuclei(probs, total, top_p, top_k, min_p, pending, any_pending):
         tokens[rows] = torch.where(nucleus.exact, _draw(nucleus, uniforms[rows]), tokens[rows])
-        pending[rows] = ~nucleus.exact
-        any_pending = bool(pending.any())
     return tokens
 
 

@@ -20,7 +20,6 @@ falls back to full logits (with a warning when that sharding is asked for).
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,8 @@ from vllm.model_executor.models.utils import init_vllm_registered_model, maybe_p
 from autodeco.configuration import MERGED_PREFIX, AutoDecoConfig
 from autodeco.errors import AutoDecoError
 from autodeco.heads import AutoDecoHeads, SoftmaxOut, heads_from_tensors
-from autodeco.sampling import CANDIDATES, nucleus_logits
+from autodeco.io import safetensors_files
+from autodeco.sampling import nucleus_logits
 
 HEADS_PREFIX = "heads."  # this module's attribute holding the heads
 
@@ -140,13 +140,7 @@ class AutoDecoForVLLM(nn.Module, SupportsPP):
 def learned_logits(heads: AutoDecoHeads, hidden_states: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, LearnedStep]:
     """(the AutoDeco distribution as logits [N, V], the step it came from): T and P from the heads
     in float32, then :func:`autodeco.sampling.nucleus_logits`, reusing the statistics' softmax."""
-    softmax = None
-    if heads.computes_probabilities:
-        rows, vocab = logits.shape
-        softmax = SoftmaxOut(
-            torch.empty((rows, vocab), dtype=torch.float32, device=logits.device),
-            torch.empty((rows, min(CANDIDATES, vocab)), dtype=torch.long, device=logits.device),
-        )
+    softmax = SoftmaxOut.empty_for(logits) if heads.computes_probabilities else None
     temperature, top_p = heads(hidden_states, logits, softmax)
     step = LearnedStep(logits, temperature.float(), top_p.float())
     distribution = nucleus_logits(
@@ -199,13 +193,9 @@ def base_checkpoint_weights(name_or_path: str | None, checkpoint: str) -> Iterat
     from safetensors import safe_open
 
     folder = locate_base(name_or_path, checkpoint)
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        files = [folder / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-    else:
-        files = sorted(folder.glob("*.safetensors"))
+    files = safetensors_files(folder)
     if not files:
-        raise AutoDecoError(f"the base folder {folder} holds no *.safetensors files; autodeco loads base weights from safetensors only")
+        raise AutoDecoError(f"the base folder {folder} holds no model.safetensors (or index); autodeco loads base weights from safetensors only")
     for file in files:
         with safe_open(str(file), framework="pt") as handle:
             for name in handle.keys():

@@ -79,7 +79,8 @@ class TraceEndpoint:
                 from autodeco.modeling import AutoDecoModelForCausalLM
 
                 args = self._args
-                base = (getattr(args, "hf_overrides", None) or {}).get("base_model_name_or_path") if isinstance(getattr(args, "hf_overrides", None), dict) else None
+                overrides = getattr(args, "hf_overrides", None)
+                base = overrides.get("base_model_name_or_path") if isinstance(overrides, dict) else None
                 device = os.environ.get("AUTODECO_TRACE_DEVICE", "cpu")
                 self._model = await asyncio.to_thread(
                     AutoDecoModelForCausalLM.from_pretrained, args.model, base, dtype="auto", device=device
