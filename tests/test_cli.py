@@ -167,6 +167,6 @@ def test_sample_data_refuses_evaluation_only_tasks_before_loading_anything(tmp_p
 
 def test_serve_names_bad_settings_and_missing_heads_before_binding(tmp_path, heads_dir):
     bad_batch = run("serve", "--heads", heads_dir, "--max-batch-size", "0")
-    assert bad_batch.exit_code == 2 and "--max-batch-size must be >= 1" in bad_batch.stderr
+    assert bad_batch.exit_code == 2 and "--max-batch-size must be at least 1" in bad_batch.stderr
     missing = run("serve", "--heads", tmp_path / "nope")
     assert missing.exit_code == 2 and f"{tmp_path / 'nope'} does not exist" in missing.stderr

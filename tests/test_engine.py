@@ -151,7 +151,7 @@ def test_bad_prompts_and_bad_logits(make_model, tokenizer):
             tokenizer.chat_template = saved
     with torch.no_grad():
         model.llm.lm_head.weight[5, 0] = float("nan")
-    with pytest.raises(AutoDecoError, match="non-finite logits"):
+    with pytest.raises(AutoDecoError, match="logits are NaN or infinite"):
         generate(model, tokenizer, "hello", SamplingParams(max_new_tokens=3))
 
 

@@ -63,3 +63,15 @@ def test_every_shipped_heads_folder_loads_and_has_a_model_card(name):
     heads = load_heads(name)
     assert heads.hidden_size == config["temperature_hidden_size"] == config["hidden_size"]
     assert name.startswith(config["base_model_name_or_path"]) and (folder / "README.md").is_file()  # e.g. gemma-3-270m-control
+
+
+def test_heads_trained_on_gemma_carry_the_gemma_notice_and_terms():
+    """The Gemma Terms of Use (3.1) ask Model Derivatives to ship the notice and the terms."""
+    notice = "Gemma is provided under and subject to the Gemma Terms of Use found at ai.google.dev/gemma/terms"
+    gemma_heads = {name: folder for name, folder in models.shipped_heads().items() if "gemma" in json.loads((folder / "config.json").read_text())["base_model_name_or_path"]}
+    assert set(gemma_heads) == {"gemma-3-270m", "gemma-3-270m-control"}
+    for folder in gemma_heads.values():
+        assert (folder / "NOTICE").read_text().strip() == notice
+        assert notice in (folder / "README.md").read_text()
+        terms = (folder.parent / "GEMMA_TERMS.txt").read_text()
+        assert terms.startswith("Gemma Terms of Use") and "3.2 Use Restrictions" in terms

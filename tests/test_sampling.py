@@ -17,7 +17,9 @@ from transformers.generation.logits_process import (
 from autodeco import AutoDecoError, SamplingParams, sample_tokens, top_p_probs
 from autodeco.sampling import (
     CANDIDATES,
+    GREEDY_BELOW,
     BatchedSampling,
+    NonFiniteRows,
     _draw,
     _full_nucleus,
     _threshold_nucleus,
@@ -288,17 +290,20 @@ def test_counter_uniforms_are_uniform_and_independent():
     assert torch.equal(counter_uniforms(torch.tensor([5, 5]), torch.tensor([9, 9])), counter_uniforms(torch.tensor([5]), torch.tensor([9])).repeat(2))
 
 
-def test_non_finite_logits_raise_instead_of_sampling_garbage():
+def test_non_finite_values_raise_naming_what_and_where():
     ones = torch.ones(2)
     for bad in (float("nan"), float("inf")):
         logits = torch.zeros(2, 10)
         logits[1, 3] = bad
-        with pytest.raises(AutoDecoError, match=r"rows \[1\]"):
+        with pytest.raises(NonFiniteRows, match=r"float32 logits are NaN or infinite in batch rows \[1\] \(the base model's weights") as raised:
             sample_tokens(logits, ones, ones)
-    with pytest.raises(AutoDecoError, match="non-finite"):
-        sample_tokens(torch.full((1, 10), float("-inf")), torch.ones(1), torch.ones(1))
-    with pytest.raises(AutoDecoError, match="non-finite"):
+        assert raised.value.rows == [1] and "float16" not in str(raised.value)
+    with pytest.raises(NonFiniteRows, match=r"float16 logits are NaN or infinite in batch rows \[0\] \(float16 overflows easily: load the model with dtype=bfloat16 or float32\)"):
+        sample_tokens(torch.full((1, 10), float("-inf"), dtype=torch.float16), torch.ones(1), torch.ones(1))
+    with pytest.raises(NonFiniteRows, match=r"the temperature is NaN in batch rows \[0\] \(the temperature head's weights"):
         sample_tokens(torch.zeros(1, 10), torch.tensor([float("nan")]), torch.ones(1))
+    with pytest.raises(NonFiniteRows, match=r"the top-p is NaN in batch rows \[1\] \(the top-p head's weights"):
+        sample_tokens(torch.zeros(2, 10), ones, torch.tensor([1.0, float("nan")]))
     masked = torch.zeros(1, 10)
     masked[0, :5] = float("-inf")  # -inf entries are legal: those tokens are banned
     assert sample_tokens(masked, torch.ones(1), torch.ones(1)).item() >= 5
@@ -405,3 +410,31 @@ def test_nucleus_logits_reuse_the_heads_softmax():
     probability_statistics(logits, temperature, out)
     reused = nucleus_logits(logits, temperature, top_p, probs=out.probs, probs_top_ids=out.top_ids)
     assert torch.equal(reused, nucleus_logits(logits, temperature, top_p))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("temperature", [GREEDY_BELOW / 2, 1e-37, 1.78e-39, 1e-45])
+def test_temperatures_below_the_float_range_are_greedy(temperature, dtype):
+    """l / T would overflow float32 (Gemma's logits reach 30: 30 / 1e-37 > 3.4e38) and give NaN;
+    such temperatures are defined as greedy, in every function that takes a temperature."""
+    logits = (torch.randn(4, 1000, generator=torch.Generator().manual_seed(7)) * 30).to(dtype)
+    t = torch.full((4,), temperature)
+    argmax = logits.float().argmax(dim=-1)
+    for top_p in (torch.ones(4), torch.full((4,), 0.9)):
+        assert torch.equal(sample_tokens(logits, t, top_p, uniforms=torch.rand(4, generator=torch.Generator().manual_seed(0))), argmax)
+        assert torch.equal(top_p_probs(logits, t, top_p), torch.nn.functional.one_hot(argmax, 1000).float())
+        kept = nucleus_logits(logits, t, top_p)
+        assert torch.equal(torch.isfinite(kept).nonzero()[:, 1], argmax)
+
+
+def test_an_infinite_temperature_is_the_uniform_limit():
+    """T = inf (a finite scale times a learned T can overflow float32) samples uniformly over the
+    tokens not banned by a -inf logit, instead of failing."""
+    logits = torch.randn(2, 50, generator=torch.Generator().manual_seed(3)) * 5
+    logits[:, :10] = float("-inf")
+    t = torch.full((2,), math.inf)
+    probs = top_p_probs(logits, t, torch.ones(2))
+    torch.testing.assert_close(probs[:, 10:], torch.full((2, 40), 1 / 40))
+    assert probs[:, :10].sum() == 0
+    tokens = sample_tokens(logits, t, torch.ones(2), uniforms=torch.tensor([0.0, 0.999]))
+    assert tokens.tolist() == [10, 49]

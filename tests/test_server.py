@@ -2,7 +2,6 @@
 concurrency, cancellation, seeds."""
 
 import json
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,27 +16,31 @@ from autodeco import AutoDecoModelForCausalLM, SamplingParams
 from autodeco.engine import generate
 from autodeco.serving.app import create_app
 from autodeco.serving.scheduler import Scheduler
+from autodeco.serving.server import Limits, listen_socket, resolve_address, server_config
 from autodeco.speculative import ModelDrafter, Speculation
 from autodeco.tiny import tiny_model, tiny_tokenizer
 
 API_KEY = "test-key"
 
 
-class _Server:
-    """A real uvicorn server on a free loopback port, in a thread."""
+class LiveServer:
+    """A real uvicorn server on a free loopback port, in a thread, with the settings `autodeco
+    serve` uses (the other test_server_* modules use it too). ``limits`` are :class:`Limits` fields (a 4096-byte body limit unless given);
+    ``app`` holds create_app's other keyword arguments; ``extend(app)`` may add routes."""
 
-    def __init__(self, model, tokenizer, **options) -> None:
-        api_key = options.pop("api_key", API_KEY)
+    def __init__(self, model, tokenizer, limits=None, app=None, scheduler_class=Scheduler, extend=None, **options) -> None:
         start_scheduler = options.pop("start_scheduler", True)
-        self.scheduler = Scheduler(model, tokenizer, **options)
+        self.scheduler = scheduler_class(model, tokenizer, **options)
         if start_scheduler:
             self.scheduler.start()
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        config = uvicorn.Config(create_app(self.scheduler, "tiny", api_key=api_key, max_body_bytes=4096), host="127.0.0.1", port=self.port, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        limits = Limits(**{"max_body_bytes": 4096, **(limits or {})})
+        listener = listen_socket(*resolve_address("127.0.0.1", 0))
+        self.port = listener.getsockname()[1]
+        served = create_app(self.scheduler, "tiny", limits=limits, **{"api_key": API_KEY, **(app or {})})
+        if extend is not None:
+            extend(served)
+        self.server = uvicorn.Server(server_config(served, limits, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [listener]}, daemon=True)
         self.thread.start()
         deadline = time.time() + 20
         while not self.server.started:
@@ -60,7 +63,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def server(model):
-    running = _Server(model, tiny_tokenizer(), max_batch_size=8, max_queue=64)
+    running = LiveServer(model, tiny_tokenizer(), max_batch_size=8, max_queue=64)
     yield running
     running.close()
 
@@ -70,16 +73,17 @@ def client(server):
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
 
 
-def _raw(server, method: str, path: str, **kwargs) -> httpx.Response:
+def request(server, method: str, path: str, **kwargs) -> httpx.Response:
+    """One HTTP request to ``server`` with the API key (``headers`` add to it)."""
     headers = {"Authorization": f"Bearer {API_KEY}", **kwargs.pop("headers", {})}
     return httpx.request(method, f"{server.url}{path}", headers=headers, timeout=30, **kwargs)
 
 
 def test_models_health_and_metrics(server, client):
     assert [m.id for m in client.models.list().data] == ["tiny"]
-    assert _raw(server, "GET", "/health").json()["status"] == "ok"
+    assert request(server, "GET", "/health").json()["status"] == "ok"
     client.completions.create(model="tiny", prompt="The quick", max_tokens=2)
-    metrics = _raw(server, "GET", "/metrics").text
+    metrics = request(server, "GET", "/metrics").text
     for name in ("autodeco_requests_total", "autodeco_queue_depth", "autodeco_running_rows", "autodeco_generated_tokens", "autodeco_request_latency_seconds"):
         assert name in metrics
 
@@ -157,7 +161,7 @@ def test_a_dropped_stream_frees_its_rows(server):
     while server.scheduler.running:
         assert time.time() < deadline, "the dropped stream still decodes"
         time.sleep(0.05)
-    assert _raw(server, "GET", "/health").json()["running"] == 0
+    assert request(server, "GET", "/health").json()["running"] == 0
 
 
 @pytest.mark.parametrize(
@@ -174,27 +178,27 @@ def test_a_dropped_stream_frees_its_rows(server):
 )
 def test_bad_completion_requests_get_openai_errors(server, body, status, fragment):
     content = body if isinstance(body, str) else json.dumps(body)
-    response = _raw(server, "POST", "/v1/completions", content=content, headers={"Content-Type": "application/json"})
+    response = request(server, "POST", "/v1/completions", content=content, headers={"Content-Type": "application/json"})
     assert response.status_code == status
     error = response.json()["error"]
     assert fragment in error["message"] and {"type", "param", "code"} <= set(error)
 
 
 def test_bad_chat_requests_keys_and_routes_get_openai_errors(server):
-    empty = _raw(server, "POST", "/v1/chat/completions", json={"model": "tiny", "messages": []})
+    empty = request(server, "POST", "/v1/chat/completions", json={"model": "tiny", "messages": []})
     assert empty.status_code == 400 and "messages" in empty.json()["error"]["message"]
-    wrong_role = _raw(server, "POST", "/v1/chat/completions", json={"model": "tiny", "messages": [{"role": "robot", "content": "hi"}]})
+    wrong_role = request(server, "POST", "/v1/chat/completions", json={"model": "tiny", "messages": [{"role": "robot", "content": "hi"}]})
     assert wrong_role.status_code == 400
     unauthorised = httpx.post(f"{server.url}/v1/completions", json={"prompt": "hi"}, headers={"Authorization": "Bearer wrong"})
     assert unauthorised.status_code == 401 and unauthorised.json()["error"]["type"] == "authentication_error"
-    missing = _raw(server, "GET", "/v1/nothing")
+    missing = request(server, "GET", "/v1/nothing")
     assert missing.status_code == 404 and "error" in missing.json()
-    assert _raw(server, "GET", "/health").json()["status"] == "ok"  # still serving
+    assert request(server, "GET", "/health").json()["status"] == "ok"  # still serving
 
 
 def test_a_full_queue_answers_429(model):
     """With the decode thread held, the one queue place fills and the next request gets 429."""
-    busy = _Server(model, tiny_tokenizer(), max_batch_size=1, max_queue=1, api_key=None, start_scheduler=False)
+    busy = LiveServer(model, tiny_tokenizer(), app={"api_key": None}, max_batch_size=1, max_queue=1, start_scheduler=False)
     try:
         first = threading.Thread(target=_ignore_timeout, args=(f"{busy.url}/v1/completions",))
         first.start()
@@ -220,7 +224,7 @@ def test_a_speculative_server_gives_the_tokens_of_plain_decoding(model):
     """Concurrent seeded requests through a server that drafts with a draft model (the target's
     own base: long accepted runs); its metrics count the drafts."""
     speculation = Speculation(ModelDrafter(model.llm), num_draft_tokens=4)
-    running = _Server(model, tiny_tokenizer(), max_batch_size=8, max_queue=64, speculation=speculation)
+    running = LiveServer(model, tiny_tokenizer(), max_batch_size=8, max_queue=64, speculation=speculation)
     try:
         client = openai.OpenAI(base_url=f"{running.url}/v1", api_key=API_KEY, max_retries=0)
         prompts = [f"Question: What is {i} + {i % 7}?" for i in range(8)]
@@ -234,7 +238,7 @@ def test_a_speculative_server_gives_the_tokens_of_plain_decoding(model):
             expected = generate(model, tiny_tokenizer(), prompts[i], SamplingParams(seed=i, max_new_tokens=8 + i, temperature_scale=0.3 if i % 2 else 0))[0]
             assert answer.text == expected.text
         assert speculation.stats.accepted > 0
-        metrics = _raw(running, "GET", "/metrics").text
+        metrics = request(running, "GET", "/metrics").text
         assert f"autodeco_accepted_draft_tokens {float(speculation.stats.accepted)}" in metrics
     finally:
         running.close()

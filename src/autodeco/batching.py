@@ -25,7 +25,7 @@ from autodeco.decoding import (
 )
 from autodeco.errors import AutoDecoError
 from autodeco.modeling import AutoDecoOutput
-from autodeco.sampling import BatchedSampling, SamplingParams, counter_uniforms
+from autodeco.sampling import BatchedSampling, NonFiniteRows, SamplingParams, counter_uniforms
 from autodeco.speculative import Speculation, accepted_counts
 
 
@@ -54,6 +54,15 @@ class TokenEvent:
     finish_reason: str | None
     logprob: float | None = None
     top_logprobs: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass
+class RowFailed:
+    """A row that could not continue (its logits, T or P were NaN or infinite): it has left the
+    batch, and the other rows go on. ``message`` says what happened."""
+
+    key: Any
+    message: str
 
 
 @dataclass
@@ -93,9 +102,10 @@ class RunningBatch:
     def keys(self) -> list[Any]:
         return [row.request.key for row in self.rows]
 
-    def join(self, requests: list[RowRequest]) -> list[TokenEvent]:
+    def join(self, requests: list[RowRequest]) -> list[TokenEvent | RowFailed]:
         """Prefill ``requests`` as one batch, sample their first tokens, and add them to the
-        running rows. Raises :class:`autodeco.AutoDecoError` for prompts the model cannot take."""
+        running rows. Raises :class:`autodeco.AutoDecoError` for prompts the model cannot take;
+        a row whose values cannot be sampled gives a :class:`RowFailed` and leaves alone."""
         if not requests:
             return []
         device = self.model.device
@@ -106,8 +116,8 @@ class RunningBatch:
         seeds = request_seeds(params, device)
         out = prefill(self.model, input_ids, mask, sampling.needs_heads)
         new_rows = [_Row(r, seed, token_budget(r.params, len(r.prompt), self.limit)) for r, seed in zip(requests, seeds.tolist())]
-        tokens, temperature, top_p = sample_step(out, sampling, counter_uniforms(seeds, torch.zeros_like(seeds)))
-        events = self._events(new_rows, out.logits[:, -1:], tokens.unsqueeze(-1), temperature.unsqueeze(-1), top_p.unsqueeze(-1))
+        tokens, temperature, top_p, failure = _sample_rows(out, sampling, counter_uniforms(seeds, torch.zeros_like(seeds)))
+        events = self._events(new_rows, out.logits[:, -1:], tokens.unsqueeze(-1), temperature.unsqueeze(-1), top_p.unsqueeze(-1), failure=failure)
         if self.speculation is not None:
             self.speculation.drafter.join([r.prompt + [int(t)] for r, t in zip(requests, tokens.tolist())])
         if not self.rows:
@@ -127,15 +137,23 @@ class RunningBatch:
 
     def run(self, requests: list[RowRequest]) -> Iterator[TokenEvent]:
         """Join ``requests`` and decode until every row has left; the caller may :meth:`leave`
-        rows between events (e.g. at a stop string)."""
-        yield from self.join(requests)
-        while self.rows:
-            yield from self.advance()
+        rows between events (e.g. at a stop string). A row that fails raises its error: one
+        caller owns every row here."""
+        events = self.join(requests)
+        while True:
+            for event in events:
+                if isinstance(event, RowFailed):
+                    raise AutoDecoError(event.message)
+                yield event
+            if not self.rows:
+                return
+            events = self.advance()
 
-    def advance(self) -> list[TokenEvent]:
+    def advance(self) -> list[TokenEvent | RowFailed]:
         """One decode step for every row: feed the pending tokens (and, with speculation, each
         row's drafts) in one forward, sample every fed position with the row's T and P and that
-        token's uniform, and keep the drafts that match the samples."""
+        token's uniform, and keep the drafts that match the samples. A row whose values cannot be
+        sampled gives a :class:`RowFailed` and leaves; the others go on."""
         if not self.rows:
             return []
         drafts, lengths = self._drafts()
@@ -155,8 +173,10 @@ class RunningBatch:
         self._cache = out.cache
         steps = torch.tensor([len(row.tokens) for row in self.rows], device=fed.device).unsqueeze(-1) + torch.arange(per_row, device=fed.device)
         uniforms = counter_uniforms(self._seeds.repeat_interleave(per_row), steps.reshape(-1))
-        tokens, temperature, top_p = sample_step(_flatten_positions(out), self._sampling.repeat_rows(per_row), uniforms)
+        tokens, temperature, top_p, failure = _sample_rows(_flatten_positions(out), self._sampling.repeat_rows(per_row), uniforms)
         tokens, temperature, top_p = (t.view(rows, per_row) for t in (tokens, temperature, top_p))
+        if failure is not None:  # positions -> rows
+            failure = NonFiniteRows(str(failure), sorted({i // per_row for i in failure.rows}))
         kept = accepted_counts(tokens, drafts, lengths)  # [B]
         if width:
             keep = torch.ones_like(self._mask, dtype=torch.bool)
@@ -168,7 +188,7 @@ class RunningBatch:
         if self.speculation is not None:
             self.speculation.drafter.accepted(kept_list)
             self.speculation.stats.add(int(lengths.sum()), sum(kept_list), rows)
-        return self._finish(self._events(self.rows, out.logits, tokens, temperature, top_p, [k + 1 for k in kept_list]))
+        return self._finish(self._events(self.rows, out.logits, tokens, temperature, top_p, [k + 1 for k in kept_list], failure))
 
     def _drafts(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Each row's drafts ``[B, K]`` (K = 0 without speculation; short rows filled with token
@@ -201,10 +221,13 @@ class RunningBatch:
             self.speculation.drafter.select(keep)
 
     def _events(self, rows: list[_Row], logits: torch.Tensor, tokens: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
-                counts: list[int] | None = None) -> list[TokenEvent]:
+                counts: list[int] | None = None, failure: NonFiniteRows | None = None) -> list[TokenEvent | RowFailed]:
         """Record each row's new tokens (the first ``counts[i]`` of row i's ``[B, J]`` positions;
-        all J by default), up to its first EOS or the end of its budget."""
+        all J by default), up to its first EOS or the end of its budget; the rows of ``failure``
+        get a :class:`RowFailed` instead."""
         counts = counts or [tokens.shape[1]] * len(rows)
+        failed = set() if failure is None else set(failure.rows)
+        counts = [0 if i in failed else c for i, c in enumerate(counts)]
         host = torch.stack([tokens.double(), temperature.double(), top_p.double()]).cpu().tolist()
         wanted = [(i, j) for i, row in enumerate(rows) if row.request.logprobs is not None for j in range(counts[i])]
         chosen: dict[tuple[int, int], tuple[float, list[tuple[int, float]]]] = {}
@@ -218,7 +241,7 @@ class RunningBatch:
                 k = rows[i].request.logprobs
                 alternatives = list(zip(best.indices[n, :k].tolist(), best.values[n, :k].tolist())) if k else []
                 chosen[i, j] = (picked[n], alternatives)
-        events = []
+        events: list[TokenEvent | RowFailed] = [RowFailed(rows[i].request.key, str(failure)) for i in sorted(failed)]
         for i, row in enumerate(rows):
             for j in range(counts[i]):
                 token = int(host[0][i][j])
@@ -230,9 +253,9 @@ class RunningBatch:
                     break
         return events
 
-    def _finish(self, events: list[TokenEvent]) -> list[TokenEvent]:
-        """Rows whose event ends them leave now."""
-        self.leave({e.key for e in events if e.finish_reason is not None})
+    def _finish(self, events: list[TokenEvent | RowFailed]) -> list[TokenEvent | RowFailed]:
+        """Rows whose event ends them, or that failed, leave now."""
+        self.leave({e.key for e in events if isinstance(e, RowFailed) or e.finish_reason is not None})
         return events
 
     def _rebuild(self) -> None:
@@ -243,6 +266,24 @@ class RunningBatch:
         self._sampling = BatchedSampling.from_params([r.request.params for r in self.rows], self.model.device)
         self._cache = prefill(self.model, input_ids, self._mask, compute_heads=False).cache
         self._seeds = torch.tensor([row.seed for row in self.rows], device=self.model.device)
+
+
+def _sample_rows(out: AutoDecoOutput, sampling: BatchedSampling, uniforms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, NonFiniteRows | None]:
+    """:func:`sample_step`, except that rows with NaN/inf values do not stop the others: they are
+    sampled again from neutral values (their tokens are never used) and named in the error
+    returned with the tokens."""
+    try:
+        return *sample_step(out, sampling, uniforms), None
+    except NonFiniteRows as failure:
+        bad = torch.zeros(out.logits.shape[0], dtype=torch.bool, device=out.logits.device)
+        bad[failure.rows] = True
+
+        def neutral(values: torch.Tensor | None, fill: float) -> torch.Tensor | None:
+            return None if values is None else values.masked_fill(bad.view(-1, *[1] * (values.dim() - 1)), fill)
+
+        # the heads' softmax is dropped, so the sampler computes every row's afresh (only on this rare path)
+        clean = AutoDecoOutput(logits=neutral(out.logits, 0.0), temperature=neutral(out.temperature, 1.0), top_p=neutral(out.top_p, 1.0))
+        return *sample_step(clean, sampling, uniforms), failure
 
 
 def _flatten_positions(out: AutoDecoOutput) -> AutoDecoOutput:

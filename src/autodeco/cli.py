@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-import json
 import math
+import os
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.text import Text
 
 from autodeco.demo import DEFAULT_HEADS, DEFAULT_MODEL, DEMO_PROMPTS
 from autodeco.engine import Completion, StreamEvent, generate, stream
 from autodeco.errors import AutoDecoError
+from autodeco.io import prepare_output_dir, read_json_object
 from autodeco.modeling import AutoDecoModelForCausalLM, read_autodeco_config
 from autodeco.evaluation.strategies import DEFAULT_ORACLE_TEMPERATURES, DEFAULT_ORACLE_TOP_PS
 from autodeco.models import load_tokenizer, resolve_heads
@@ -36,8 +41,22 @@ PromptStyleOption = Annotated[str, typer.Option(help="auto (chat template if the
 
 
 def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    # escaped: rich would take "[t_min, t_max]" or "autodeco[serve]" in a message for markup and drop it
+    err.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
     raise typer.Exit(code=2)
+
+
+@contextmanager
+def _interruptible(hint: Callable[[], str]) -> Iterator[None]:
+    """Ctrl-C ends the command with one line, ``interrupted; <hint>`` (how to continue: the work
+    done so far is on disk), and exit code 130, without a traceback. A second Ctrl-C from then
+    on exits at once."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+        err.print(f"interrupted; {hint()}", markup=False)
+        raise typer.Exit(code=130) from None
 
 
 def _dtype(name: str):
@@ -65,10 +84,9 @@ def load_model_and_tokenizer(model: Optional[str], heads: Optional[Path], dtype:
 
 
 def _is_autodeco_dir(path: Path) -> bool:
-    try:
-        return json.loads((path / "config.json").read_text()).get("model_type") == "autodeco"
-    except (OSError, json.JSONDecodeError):
-        return False
+    """Whether --model is a merged AutoDeco checkpoint; a broken config.json is named, not passed over."""
+    config = path / "config.json"
+    return config.is_file() and read_json_object(config, "fix it, or pass the model's own folder").get("model_type") == "autodeco"
 
 
 @app.command()
@@ -77,12 +95,14 @@ def init(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder to write the heads to (released heads-only format).")],
     no_statistics: Annotated[bool, typer.Option("--no-statistics", help="Top-p head without the 4 probability statistics (input H+1).")] = False,
     seed: Annotated[int, typer.Option(help="Seed for the heads' random initialisation.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the files of a non-empty --out (e.g. trained heads).")] = False,
     trust_remote_code: Annotated[bool, typer.Option(help="Run code shipped with the base model (off unless you trust it).")] = False,
 ) -> None:
     """Write new, untrained heads for BASE to --out."""
     import torch
 
     try:
+        prepare_output_dir(out_dir, overwrite=overwrite, what="heads")  # before the slow base: trained heads are not overwritten by accident
         with err.status(f"Loading {base} ..."):
             torch.manual_seed(seed)
             model = AutoDecoModelForCausalLM.from_base(base, use_enhanced_features=not no_statistics, trust_remote_code=trust_remote_code)
@@ -175,6 +195,7 @@ def train(
     cache_on_disk: Annotated[bool, typer.Option("--cache-on-disk", help="Keep the feature cache in OUT/feature-cache (memory-mapped, survives restarts).")] = False,
     checkpoint_every: Annotated[int, typer.Option(help="Write a checkpoint every N optimizer steps.")] = 100,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --out.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Delete the heads, checkpoints and log of an earlier run in --out and start over.")] = False,
     seed: Annotated[int, typer.Option(help="Seed for the heads' initialisation, the data order and easy-token masking.")] = 0,
     dtype: Annotated[str, typer.Option(help=f"Base weights dtype: {', '.join(DTYPES)} (auto: as stored, e.g. bf16).")] = "auto",
     trust_remote_code: Annotated[bool, typer.Option(help="Run code shipped with the base model (off unless you trust it).")] = False,
@@ -190,11 +211,24 @@ def train(
             losses=tuple(name.strip() for name in losses.split(",") if name.strip()), dft=dft, easy_token_drop=easy_token_drop,
             easy_token_scope=easy_token_scope, alpha=alpha, nl_control=nl_control, nl_weight=nl_weight, nl_margin=nl_margin, nl_variants=nl_variants,
             cache_features=("disk" if cache_on_disk else "memory") if (cache_features or cache_on_disk) else "none",
-            checkpoint_every=checkpoint_every, resume=resume, seed=seed, dtype=_dtype(dtype), trust_remote_code=trust_remote_code,
+            checkpoint_every=checkpoint_every, resume=resume, overwrite=overwrite, seed=seed, dtype=_dtype(dtype),
+            trust_remote_code=trust_remote_code,
         )
-        run_training(config, console=err)
+        with _interruptible(lambda: _train_resume_hint(out_dir, resume, overwrite)):
+            run_training(config, console=err)
     except AutoDecoError as error:
         _fail(str(error))
+
+
+def _train_resume_hint(out_dir: Path, resume: bool, overwrite: bool) -> str:
+    """How to go on after an interrupted ``train``: from its last checkpoint, if it wrote one."""
+    from autodeco.training.checkpoints import latest_checkpoint
+
+    checkpoint = latest_checkpoint(out_dir)
+    if checkpoint is None:
+        return "no checkpoint was written yet; rerun the same command to start again"
+    flag = "" if resume else " with --resume" + (" instead of --overwrite" if overwrite else "")
+    return f"rerun the same command{flag} to continue from {checkpoint}"
 
 
 def _check_counts(**counts: Optional[int]) -> None:
@@ -247,17 +281,19 @@ def sample_data_command(
     trust_remote_code: TrustOption = False,
 ) -> None:
     """Sample the base model's own answers to training problems and keep the verified-correct ones (resumable)."""
-    from autodeco.training.self_data import sample_training_data, training_task, yield_table
+    from autodeco.training.self_data import sample_training_data, samples_folder, training_task, yield_table
 
     try:
         _check_counts(problems=problems, samples=samples, batch_size=batch_size, max_new_tokens=max_new_tokens)
         for spec in task:
             training_task(spec)  # refuse tasks without a training split before loading the model
-        autodeco, tokenizer, settings = _load_for_sampling(model, None, prompt_style, max_new_tokens, seed, dtype, device, trust_remote_code)
-        yields = sample_training_data(
-            autodeco, tokenizer, settings, task, out_file, problems=problems, samples=samples, temperature=temperature,
-            top_p=top_p, batch_size=batch_size, work=work, console=err,
-        )
+        folder = samples_folder(out_file, work)  # and outputs that cannot be written
+        with _interruptible(lambda: f"the finished samples are kept in {folder}; rerun the same command to continue"):
+            autodeco, tokenizer, settings = _load_for_sampling(model, None, prompt_style, max_new_tokens, seed, dtype, device, trust_remote_code)
+            yields = sample_training_data(
+                autodeco, tokenizer, settings, task, out_file, problems=problems, samples=samples, temperature=temperature,
+                top_p=top_p, batch_size=batch_size, work=work, console=err,
+            )
     except AutoDecoError as error:
         _fail(str(error))
     err.print(yield_table(yields))
@@ -287,7 +323,7 @@ def eval_command(
     import time
 
     from autodeco.evaluation.report import results_document, write_report
-    from autodeco.evaluation.runner import EvalPlan, Evaluator
+    from autodeco.evaluation.runner import SAMPLES_NAME, EvalPlan, Evaluator
     from autodeco.evaluation.strategies import parse_grid, parse_strategies
     from autodeco.evaluation.tasks import load_task
 
@@ -299,12 +335,14 @@ def eval_command(
             batch_size=batch_size, oracle_temperatures=parse_grid(oracle_temperatures, "--oracle-temperatures"),
             oracle_top_ps=parse_grid(oracle_top_ps, "--oracle-top-ps"),
         )
-        autodeco, tokenizer, settings = _load_for_sampling(model, heads, prompt_style, max_new_tokens, seed, dtype, device, trust_remote_code)
-        chat = settings.chat
-        evaluator = Evaluator(autodeco, tokenizer, settings, out_dir, err)
-        results = evaluator.run(plan)
-        document = results_document(model, settings.heads, results, prompt_style="chat" if chat else "few-shot", wall_seconds=round(time.perf_counter() - started, 1))
-        written = write_report(out_dir, document, list(evaluator.used.values()))
+        prepare_output_dir(out_dir, overwrite=True, what="evaluation output")  # an earlier run's samples are resumed
+        with _interruptible(lambda: f"the finished samples are saved in {out_dir / SAMPLES_NAME}; rerun the same command to continue"):
+            autodeco, tokenizer, settings = _load_for_sampling(model, heads, prompt_style, max_new_tokens, seed, dtype, device, trust_remote_code)
+            chat = settings.chat
+            evaluator = Evaluator(autodeco, tokenizer, settings, out_dir, err)
+            results = evaluator.run(plan)
+            document = results_document(model, settings.heads, results, prompt_style="chat" if chat else "few-shot", wall_seconds=round(time.perf_counter() - started, 1))
+            written = write_report(out_dir, document, list(evaluator.used.values()))
     except AutoDecoError as error:
         _fail(str(error))
     out.print((out_dir / "report.md").read_text(), markup=False)
@@ -379,14 +417,16 @@ def eval_control_command(
         _check_counts(prompts=prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
         chosen = load_task(task)
         problems = chosen.problems()[:prompts]
-        autodeco, tokenizer, settings = _load_for_sampling(model, heads, prompt_style, max_new_tokens, seed, dtype, device, trust_remote_code)
-        with err.status(f"Reading {len(problems)} answers back under {2 * len(control.CONDITIONS) + 1} prompt variants ..."):
-            readings = control.measure(
-                autodeco, tokenizer, [chosen.prompt(p, settings.chat) for p in problems], chat=settings.chat,
-                max_new_tokens=max_new_tokens, seed=seed, stop=chosen.stop(settings.chat), batch_size=batch_size,
-            )
-        summary = control.summarise(readings)
-        paths = control.write_report(summary, readings, out_dir, f"{model} with heads {heads} on {task}")
+        prepare_output_dir(out_dir, overwrite=True, what="report")  # a rerun writes its report anew
+        with _interruptible(lambda: "the readings are not kept; rerun the same command"):
+            autodeco, tokenizer, settings = _load_for_sampling(model, heads, prompt_style, max_new_tokens, seed, dtype, device, trust_remote_code)
+            with err.status(f"Reading {len(problems)} answers back under {2 * len(control.CONDITIONS) + 1} prompt variants ..."):
+                readings = control.measure(
+                    autodeco, tokenizer, [chosen.prompt(p, settings.chat) for p in problems], chat=settings.chat,
+                    max_new_tokens=max_new_tokens, seed=seed, stop=chosen.stop(settings.chat), batch_size=batch_size,
+                )
+            summary = control.summarise(readings)
+            paths = control.write_report(summary, readings, out_dir, f"{model} with heads {heads} on {task}")
     except AutoDecoError as error:
         _fail(str(error))
     out.print((out_dir / "report.md").read_text(), markup=False, highlight=False)
@@ -398,11 +438,18 @@ def serve(
     model: Annotated[Optional[str], typer.Option(help="Base model folder or hub id (or a merged AutoDeco checkpoint).")] = None,
     heads: Annotated[Optional[Path], typer.Option(help="Heads folder or shipped heads by name (gemma-3-270m).")] = None,
     host: Annotated[str, typer.Option(help="Interface to listen on (loopback unless you expose it on purpose).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    api_key: Annotated[Optional[str], typer.Option(help="Require 'Authorization: Bearer KEY' on /v1 routes.", envvar="AUTODECO_API_KEY")] = None,
+    port: Annotated[int, typer.Option(help="TCP port (0: any free one).")] = 8000,
+    api_key: Annotated[Optional[str], typer.Option(help="Require 'Authorization: Bearer KEY' on every route but /health.", envvar="AUTODECO_API_KEY")] = None,
+    public_metrics: Annotated[bool, typer.Option("--public-metrics", help="Serve /metrics without the API key (for a scraper that has none).")] = False,
     max_batch_size: Annotated[int, typer.Option(help="Most sequences decoding together.")] = 32,
     max_queue: Annotated[int, typer.Option(help="Most requests waiting for room; more get 429.")] = 256,
-    name: Annotated[Optional[str], typer.Option(help="Model name clients send and see (default: --model).")] = None,
+    max_request_tokens: Annotated[int, typer.Option(help="Most tokens one request may ask for (n x max_tokens); more gets 400.")] = 65_536,
+    max_connections: Annotated[int, typer.Option(help="Most open connections; a request past them gets 503.")] = 1024,
+    header_timeout: Annotated[float, typer.Option(help="Seconds a request's headers may take to arrive; then the connection is closed.")] = 10.0,
+    body_timeout: Annotated[float, typer.Option(help="Seconds a request's body may take to arrive after its headers; then 408.")] = 30.0,
+    keep_alive_timeout: Annotated[float, typer.Option(help="Seconds an idle kept-alive connection stays open.")] = 5.0,
+    forwarded_allow_ips: Annotated[Optional[str], typer.Option(help="Believe X-Forwarded-For from these proxy addresses (comma-separated); from none unless given.")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Model name clients see (default: --model); --model and --heads, and their folder names, are accepted too.")] = None,
     speculative: SpeculativeOption = None,
     num_draft_tokens: DraftTokensOption = DEFAULT_NUM_DRAFT_TOKENS,
     dtype: DtypeOption = "auto",
@@ -414,24 +461,55 @@ def serve(
         import uvicorn
 
         from autodeco.serving.app import create_app
+        from autodeco.serving.server import Limits, listen_socket, resolve_address, server_config
     except ImportError as missing:
         _fail(f"autodeco serve needs the serve extra ({missing.name} is missing): pip install 'autodeco[serve]'")
     from autodeco.serving.scheduler import Scheduler
 
     try:
-        if max_batch_size < 1 or max_queue < 0:
-            raise AutoDecoError("--max-batch-size must be >= 1 and --max-queue >= 0")
+        _check_counts(max_batch_size=max_batch_size, max_queue=max_queue, max_request_tokens=max_request_tokens,
+                      max_connections=max_connections, num_draft_tokens=num_draft_tokens)
+        _check_seconds(header_timeout=header_timeout, body_timeout=body_timeout, keep_alive_timeout=keep_alive_timeout)
+        family, address = resolve_address(host, port)  # before the slow model load: a bad host or port fails at once
+        if api_key is None and not _is_loopback(address[0]):
+            err.print(f"warning: serving on {host} without --api-key: anyone who can reach this port can use the model; "
+                      "set --api-key (or AUTODECO_API_KEY)", markup=False)
         with err.status("Loading model ..."):
             autodeco, tokenizer = load_model_and_tokenizer(model, heads, dtype, device, trust_remote_code)
             speculation = None if speculative is None else make_speculation(speculative, autodeco, num_draft_tokens, trust_remote_code=trust_remote_code)
+        listener = listen_socket(family, address)
     except AutoDecoError as error:
         _fail(str(error))
+    limits = Limits(max_request_tokens=max_request_tokens, max_connections=max_connections, header_timeout_s=header_timeout,
+                    body_timeout_s=body_timeout, keep_alive_s=keep_alive_timeout)
+    served = name or model or "autodeco"
+    given = [str(path) for path in (model, heads) if path is not None]
     scheduler = Scheduler(autodeco, tokenizer, max_batch_size=max_batch_size, max_queue=max_queue, speculation=speculation)
     scheduler.start()
+    bound_host, bound_port = listener.getsockname()[:2]
+    err.print(f"Serving {served} at http://{f'[{bound_host}]' if ':' in bound_host else bound_host}:{bound_port}/v1 (Ctrl+C stops)", markup=False)
     try:
-        uvicorn.run(create_app(scheduler, name or model or "autodeco", api_key=api_key), host=host, port=port, log_level="info")
+        api = create_app(scheduler, served, aliases=[*given, *(Path(path).name for path in given)], api_key=api_key, limits=limits, public_metrics=public_metrics)
+        uvicorn.Server(server_config(api, limits, forwarded_allow_ips=forwarded_allow_ips)).run(sockets=[listener])
     finally:
         scheduler.stop()
+
+
+def _check_seconds(**seconds: float) -> None:
+    """Timeouts given on the command line must be a positive, finite number of seconds."""
+    for name, value in seconds.items():
+        if not 0 < value < math.inf:
+            raise AutoDecoError(f"--{name.replace('_', '-')} must be a positive number of seconds, got {value}")
+
+
+def _is_loopback(address: str) -> bool:
+    """Whether an IP address is a loopback one (only this machine reaches it)."""
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:  # an IPv6 address with a zone, e.g. fe80::1%eth0
+        return False
 
 
 if __name__ == "__main__":  # python -m autodeco.cli (e.g. under accelerate launch -m)

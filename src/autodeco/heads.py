@@ -20,6 +20,10 @@ NUM_STATISTICS = 4  # max prob, entropy, variance, top-5 mass
 EPS = 1e-8  # the released code's guard in T-scaling and in log(q)
 LOG2_E = 1.0 / math.log(2.0)
 UNDERFLOW_EXPONENT = -200.0  # 2^z is 0 in float32 below z = -150
+# Head tensors load from these dtypes only: integers, bools and complex numbers would load as
+# nonsense (int32 weights give T = 2 everywhere), and float8 is a quantised format that needs
+# scales the released layout has no place for (the heads are small: store them unquantised).
+HEAD_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 CHUNK_ELEMENTS = 2**21  # rows per pass of the statistics: fewer per-op costs than smaller chunks, less cache traffic than larger
 
 
@@ -197,8 +201,16 @@ def heads_from_tensors(
     enable_top_p_head: bool = True,
 ) -> AutoDecoHeads:
     """Float32 heads built from checkpoint tensors, which must be exactly the 8 released ones
-    with consistent shapes (the hidden size is read off ``temp_head.mlp.0.weight``); ``source``
-    names where they came from in the errors."""
+    with consistent shapes (the hidden size is read off ``temp_head.mlp.0.weight``), floating
+    point (:data:`HEAD_DTYPES`) and finite; ``source`` names where they came from in the errors."""
+    for name, tensor in tensors.items():
+        if tensor.dtype not in HEAD_DTYPES:
+            dtype = str(tensor.dtype).removeprefix("torch.")
+            quantised = ", a quantised format" if tensor.dtype.is_floating_point else ""  # float8
+            raise AutoDecoError(
+                f"{source}: head tensor {name} is {dtype}{quantised}; heads must be floating point (float32/bfloat16/float16): "
+                "save them again from the trained heads"
+            )
     first_layer = tensors.get("temp_head.mlp.0.weight")
     hidden = first_layer.shape[-1] if first_layer is not None else 0  # 0: reported as missing below
     expected = expected_head_shapes(hidden, use_enhanced_features)
@@ -217,5 +229,12 @@ def heads_from_tensors(
         hidden, use_enhanced_features=use_enhanced_features,
         enable_temperature_head=enable_temperature_head, enable_top_p_head=enable_top_p_head,
     )
-    heads.load_state_dict({k: v.float() for k, v in tensors.items()})
+    weights = {k: v.float() for k, v in tensors.items()}
+    broken = sorted(name for name, weight in weights.items() if not torch.isfinite(weight).all())
+    if broken:
+        raise AutoDecoError(
+            f"{source}: the heads' weights hold NaN or infinite values ({', '.join(broken)}): the file is corrupt "
+            "or the training that wrote it diverged; use an earlier checkpoint or train again (e.g. with a lower --lr)"
+        )
+    heads.load_state_dict(weights)
     return heads

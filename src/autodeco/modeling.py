@@ -11,30 +11,33 @@ Checkpoint formats (both as released, spec section 2):
 from __future__ import annotations
 
 import json
+import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from huggingface_hub import split_torch_state_dict_into_shards
-from safetensors import safe_open
+from safetensors import SafetensorError
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedModel
+from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from autodeco.configuration import MERGED_PREFIX, base_config_fields
+from autodeco.configuration import MERGED_PREFIX, base_config, check_autodeco_fields
 from autodeco.decoding import decode_to_tensors
 from autodeco.errors import AutoDecoError
 from autodeco.heads import AutoDecoHeads, SoftmaxOut, heads_from_tensors
-from autodeco.io import atomic_save_tensors, atomic_write_text, safetensors_files
+from autodeco.io import INDEX_NAME, atomic_save_tensors, atomic_write_text, open_safetensors, read_json_object, safetensors_files
 from autodeco.kv_cache import forward_with_cache
-from autodeco.models import resolve_heads, resolve_model
+from autodeco.models import MODEL_ALIASES, resolve_heads, resolve_model
 from autodeco.sampling import SamplingParams
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-INDEX_NAME = "model.safetensors.index.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")  # torch.save files, never loaded: unpickling runs code
 
 
 @dataclass
@@ -124,8 +127,7 @@ class AutoDecoModelForCausalLM(nn.Module):
             enable_temperature_head=enable_temperature_head,
             enable_top_p_head=enable_top_p_head,
         )
-        name = base if isinstance(base, (str, os.PathLike)) else None
-        return cls(llm, heads, base_name_or_path=str(name) if name is not None else None)
+        return cls(llm, heads, base_name_or_path=base_reference(base) if isinstance(base, (str, os.PathLike)) else None)
 
     @classmethod
     def from_pretrained(
@@ -140,6 +142,7 @@ class AutoDecoModelForCausalLM(nn.Module):
         """Load a heads-only dir (base from ``base_model_name_or_path`` unless ``base`` overrides
         it), a merged dir (``llm.*`` tensors; ``base`` must then be None), or heads shipped with
         the package by name (e.g. ``"gemma-3-270m"``)."""
+        check_device(device)  # before the heads and the slow base
         directory = resolve_heads(path)
         config = read_autodeco_config(directory)
         tensor_names = _checkpoint_tensor_names(directory)
@@ -147,13 +150,14 @@ class AutoDecoModelForCausalLM(nn.Module):
         if any(name.startswith(MERGED_PREFIX) for name in tensor_names):
             if base is not None:
                 raise AutoDecoError(f"{directory} is a merged checkpoint that already holds its base; drop base=")
-            llm = _load_merged_base(directory, config, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+            head_names = {name for name in tensor_names if not name.startswith(MERGED_PREFIX)}
+            llm = _load_merged_base(directory, config, head_names, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
             return cls(llm, heads, base_name_or_path=config.get("base_model_name_or_path"))
         base_ref = base if base is not None else config.get("base_model_name_or_path")
         if not base_ref:
             raise AutoDecoError(f"{directory / CONFIG_NAME} names no base_model_name_or_path; pass the base explicitly (base=... or --model)")
         llm = load_base(base_ref, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
-        base_name = str(base_ref) if isinstance(base_ref, (str, os.PathLike)) else config.get("base_model_name_or_path")
+        base_name = base_reference(base_ref) if isinstance(base_ref, (str, os.PathLike)) else config.get("base_model_name_or_path")
         return cls(llm, heads, base_name_or_path=base_name)
 
     # ------------------------------------------------------------------ saving
@@ -349,6 +353,37 @@ def base_hidden_size(config: Any) -> int:
     return config.get_text_config().hidden_size
 
 
+def check_device(device: str | torch.device | None) -> torch.device | None:
+    """``device`` as a ``torch.device`` (None stays None), checked before anything loads: a name
+    torch does not know, a backend this torch build lacks (``cuda`` on a CPU-only torch) or a
+    device index past the last device raise :class:`AutoDecoError`."""
+    if device is None:
+        return None
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise AutoDecoError(f"device {str(device)!r} is not a device name torch knows ({error}); use cpu, cuda, cuda:N or mps") from error
+    if resolved.type == "cpu":
+        return resolved
+    backend = getattr(torch, resolved.type, None)  # torch.cuda, torch.mps, torch.xpu ...
+    if not (hasattr(backend, "is_available") and backend.is_available()):
+        cpu_only = resolved.type == "cuda" and torch.version.cuda is None
+        why = "is a CPU-only build; install a CUDA build of torch" if cpu_only else f"finds no {resolved.type} device; check the drivers"
+        raise AutoDecoError(f"device {str(device)!r} is not available: this torch ({torch.__version__}) {why}, or use --device cpu")
+    count = backend.device_count()
+    if resolved.index is not None and resolved.index >= count:
+        raise AutoDecoError(f"device {str(device)!r} does not exist: this machine has {count} {resolved.type} device(s), numbered from 0")
+    return resolved
+
+
+def base_reference(base: str | os.PathLike) -> str:
+    """How a config.json names a base: a local folder by its absolute path, so the heads load
+    from any working directory; an alias (``gemma-3-270m``) or a hub id as given."""
+    name = str(base)
+    local = Path(name).expanduser()
+    return str(local.resolve()) if name not in MODEL_ALIASES and local.exists() else name
+
+
 def load_base(
     base: str | os.PathLike | PreTrainedModel,
     *,
@@ -358,13 +393,17 @@ def load_base(
 ) -> PreTrainedModel:
     """A loaded base causal LM, from a model object, a local folder, a hub id or an alias of
     :mod:`autodeco.models` (e.g. ``gemma-3-270m``)."""
+    check_device(device)
     if isinstance(base, PreTrainedModel):
         return base.to(device) if device is not None else base
     if isinstance(base, nn.Module):
         raise AutoDecoError(f"base must be a transformers PreTrainedModel, a path or a hub id, not {type(base).__name__}")
+    source = resolve_model(base)
+    if Path(source).is_dir():
+        _check_local_checkpoint(Path(source))
     try:
-        llm = AutoModelForCausalLM.from_pretrained(resolve_model(base), dtype=dtype, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as err:
+        llm = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, SafetensorError) as err:
         local = Path(base).expanduser().resolve()
         where = f"the local folder {local} ({'exists but holds no loadable model' if local.exists() else 'does not exist'})"
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -376,22 +415,36 @@ def load_base(
     return llm.to(device) if device is not None else llm
 
 
+def _check_local_checkpoint(folder: Path) -> None:
+    """Name a broken file of a local base folder before transformers trips over it with a
+    traceback: config.json that is not a JSON object, a bad index, an unreadable safetensors file."""
+    if (folder / CONFIG_NAME).is_file():
+        read_json_object(folder / CONFIG_NAME, "fix it, or save the base again with save_pretrained")
+    for file in safetensors_files(folder):
+        with open_safetensors(file):
+            pass  # opening reads and checks the header against the file's size
+
+
 def read_autodeco_config(directory: Path) -> dict[str, Any]:
-    """The autodeco config.json of a heads-only or merged dir, checked."""
+    """The autodeco config.json of a heads-only or merged dir, checked (its AutoDeco fields'
+    types too: a string "no" must not read as true)."""
     config_path = directory / CONFIG_NAME
+    if directory.is_file():
+        hint = "pass the folder that holds it and its config.json" if directory.suffix == ".safetensors" else (
+            "pickled weights (.bin, .pt) are not loaded, since unpickling runs code" if directory.suffix in PICKLE_SUFFIXES else "pass that folder"
+        )
+        raise AutoDecoError(f"heads {directory} is a file; heads are a folder holding config.json and model.safetensors: {hint}")
     if not directory.is_dir():
         raise AutoDecoError(f"heads directory {directory} does not exist; create one with `autodeco init` or pass the right path")
     if not config_path.is_file():
         raise AutoDecoError(f"{config_path} is missing; an AutoDeco heads dir holds config.json and model.safetensors")
-    try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
-        raise AutoDecoError(f"{config_path} is not valid JSON ({err}); rewrite it with save_pretrained") from err
+    config = read_json_object(config_path, "write it again with save_pretrained (`autodeco init`)")
     if config.get("model_type") != "autodeco":
         raise AutoDecoError(
             f"{config_path} has model_type {config.get('model_type')!r}, not 'autodeco': this is a plain model, "
             "pass it as the base (--model) and the heads dir as --heads"
         )
+    check_autodeco_fields(config, str(config_path))
     return config
 
 
@@ -405,14 +458,19 @@ def load_heads(directory: str | os.PathLike) -> AutoDecoHeads:
 def _checkpoint_files(directory: Path) -> list[Path]:
     files = safetensors_files(directory)
     if not files:
-        raise AutoDecoError(f"{directory / WEIGHTS_NAME} is missing; an AutoDeco heads dir holds config.json and model.safetensors")
+        pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        found = f" (it holds {', '.join(pickles)}: pickled weights are not loaded, since unpickling runs code)" if pickles else ""
+        raise AutoDecoError(
+            f"{directory / WEIGHTS_NAME} is missing{found}; an AutoDeco heads dir holds config.json and model.safetensors, "
+            "as `autodeco init` and `autodeco train` write them"
+        )
     return files
 
 
 def _checkpoint_tensor_names(directory: Path) -> dict[str, Path]:
     names: dict[str, Path] = {}
     for file in _checkpoint_files(directory):
-        with safe_open(str(file), framework="pt") as handle:
+        with open_safetensors(file) as handle:
             names.update({name: file for name in handle.keys()})
     return names
 
@@ -421,7 +479,7 @@ def _read_head_tensors(directory: Path, tensor_names: dict[str, Path]) -> dict[s
     head_names = [n for n in tensor_names if not n.startswith(MERGED_PREFIX)]
     tensors: dict[str, torch.Tensor] = {}
     for file in sorted({tensor_names[n] for n in head_names}):
-        with safe_open(str(file), framework="pt") as handle:
+        with open_safetensors(file) as handle:
             tensors.update({n: handle.get_tensor(n) for n in head_names if tensor_names[n] == file})
     return tensors
 
@@ -434,19 +492,57 @@ def _heads_from_tensors(tensors: dict[str, torch.Tensor], config: dict[str, Any]
 
 
 def _load_merged_base(
-    directory: Path, config: dict[str, Any], *, dtype: torch.dtype | str, device: str | torch.device | None, trust_remote_code: bool
+    directory: Path, config: dict[str, Any], head_names: set[str], *,
+    dtype: torch.dtype | str, device: str | torch.device | None, trust_remote_code: bool,
 ) -> PreTrainedModel:
-    base_fields = base_config_fields(config)
-    base_type = config.get("base_model_type")
-    if not base_type:
-        raise AutoDecoError(f"{directory / CONFIG_NAME} names no base_model_type; cannot rebuild the base of a merged checkpoint")
-    base_config = AutoConfig.for_model(base_type, **base_fields)
-    llm = AutoModelForCausalLM.from_pretrained(
-        str(directory), config=base_config, dtype=dtype, trust_remote_code=trust_remote_code,
-        key_mapping={"^" + MERGED_PREFIX.replace(".", r"\."): ""},
-    )
+    """The base of a merged dir, from its ``llm.*`` tensors; transformers' load report is shown
+    only when it reports more than the head tensors, which the base has no place for."""
+    text_config = base_config(config, str(directory / CONFIG_NAME))
+    try:
+        with _load_report_held() as report:
+            llm, info = AutoModelForCausalLM.from_pretrained(
+                str(directory), config=text_config, dtype=dtype, trust_remote_code=trust_remote_code,
+                key_mapping={"^" + MERGED_PREFIX.replace(".", r"\."): ""}, output_loading_info=True,
+            )
+    except (OSError, ValueError, RuntimeError) as error:
+        _release(report)  # transformers' report names the tensors that did not fit
+        raise AutoDecoError(
+            f"cannot load the base stored in the merged checkpoint {directory} ({str(error).strip().splitlines()[0]}); "
+            "its config.json and its llm.* tensors do not belong together: write the checkpoint again with save_merged"
+        ) from error
+    if set(info["unexpected_keys"]) - head_names or info["missing_keys"] or info["mismatched_keys"]:
+        _release(report)
     llm.eval()
     return llm.to(device) if device is not None else llm
+
+
+_TRANSFORMERS_LOAD_LOGGER = "transformers.modeling_utils"  # where transformers logs its LOAD REPORT
+
+
+@contextmanager
+def _load_report_held() -> Iterator[list[logging.LogRecord]]:
+    """Hold back transformers' LOAD REPORT warnings (nothing else) logged inside the block; the
+    caller logs them after all (:func:`_release`) when they report a real problem."""
+    held: list[logging.LogRecord] = []
+
+    def hold(record: logging.LogRecord) -> bool:
+        if "LOAD REPORT" in record.getMessage():
+            held.append(record)
+            return False
+        return True
+
+    logger = logging.getLogger(_TRANSFORMERS_LOAD_LOGGER)
+    logger.addFilter(hold)
+    try:
+        yield held
+    finally:
+        logger.removeFilter(hold)
+
+
+def _release(records: list[logging.LogRecord]) -> None:
+    """Log held records as they would have been logged."""
+    for record in records:
+        logging.getLogger(record.name).handle(record)
 
 
 
@@ -483,5 +579,5 @@ def check_logits_from_hidden(llm: PreTrainedModel, input_ids: torch.Tensor, atte
 
 __all__ = [
     "AutoDecoGenerateOutput", "AutoDecoModelForCausalLM", "AutoDecoOutput", "check_logits_from_hidden",
-    "final_hidden_states", "load_base", "load_heads", "logits_from_hidden", "read_autodeco_config",
+    "base_reference", "check_device", "final_hidden_states", "load_base", "load_heads", "logits_from_hidden", "read_autodeco_config",
 ]

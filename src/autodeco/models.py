@@ -22,9 +22,11 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
+from autodeco.configuration import base_config
 from autodeco.errors import AutoDecoError
+from autodeco.io import read_json_object
 
 MARKER_NAME = "autodeco-source.json"  # written last: a cache folder without it is incomplete
 
@@ -77,16 +79,28 @@ def resolve_heads(name_or_path: str | os.PathLike) -> Path:
     return shipped_heads().get(str(name_or_path), Path(name_or_path))
 
 
-def load_tokenizer(name_or_path: str | os.PathLike, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    """The tokenizer of a model folder, hub id or alias, with a clear error when there is none."""
+def load_tokenizer(name_or_path: str | os.PathLike, trust_remote_code: bool = False, flag: str = "--model") -> PreTrainedTokenizerBase:
+    """The tokenizer of a model folder, hub id or alias, with a clear error when there is none
+    (naming ``flag``, the command's option for the base)."""
     source = resolve_model(name_or_path)
     try:
-        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(source, config=_merged_base_config(Path(source)), trust_remote_code=trust_remote_code)
     except (OSError, ValueError, TypeError) as error:
         raise AutoDecoError(
             f"cannot load a tokenizer from {str(name_or_path)!r} ({str(error).strip().splitlines()[0]}); "
-            "pass --model with the base's folder, a hub id or an alias (" + ", ".join(MODEL_ALIASES) + ")"
+            f"pass {flag} with the base's folder, a hub id or an alias (" + ", ".join(MODEL_ALIASES) + ")"
         ) from error
+
+
+def _merged_base_config(folder: Path) -> PretrainedConfig | None:
+    """The base's config when ``folder`` is a merged AutoDeco dir (else None: transformers reads
+    the folder's own): given to transformers, it picks the base's tokenizer class without
+    warning that an ``autodeco`` config is not the config of a tokenizer's model type."""
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        return None
+    fields = read_json_object(config_path, "fix it, or write the checkpoint again with save_pretrained")
+    return base_config(fields, str(config_path)) if fields.get("model_type") == "autodeco" else None
 
 
 def convert_gguf_package(spec: GGUFPackageModel, target: Path, console: Console) -> Path:

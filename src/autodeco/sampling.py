@@ -2,7 +2,7 @@
 
 Order of operations, written down once (Hugging Face's warper order):
 
-    probs = softmax(logits / T)          T <= 0 means greedy (argmax)
+    probs = softmax(logits / T)          T below GREEDY_BELOW means greedy (argmax)
     keep the top-k tokens                (k = 0: off)
     keep the smallest nucleus reaching top_p of the mass left (top_p >= 1: off)
     keep tokens with p >= min_p * p_max  (min_p = 0: off)
@@ -26,6 +26,10 @@ from autodeco.errors import AutoDecoError
 
 DECODING_MODES = ("autodeco", "static", "greedy", "dynatemp")
 NEUTRAL_CONTROLS = (1.0, 1.0, 0.0, math.inf, 0.0, 1.0)  # temperature/top-p scales, then t_min, t_max, p_min, p_max
+# Temperatures below this sample greedily. softmax(l / T) is already a point mass on the argmax
+# there (two float32 logits that differ at all differ by far more than T * 100), while l / T
+# overflows float32 for |l| > 3.4e38 * T: a valid request such as T = 1e-37 must not yield NaN.
+GREEDY_BELOW = 1e-30
 
 
 @dataclass(frozen=True)
@@ -230,11 +234,35 @@ class BatchedSampling:
         )
 
 
-def _non_finite_error(rows: torch.Tensor) -> AutoDecoError:
-    return AutoDecoError(
-        f"non-finite logits, temperature or top-p in batch rows {rows.nonzero().flatten().tolist()}; "
-        "this usually means float16 overflow: load the model with dtype=bfloat16 or float32"
-    )
+class NonFiniteRows(AutoDecoError):
+    """The sampler met NaN or infinite values in some rows; ``rows`` are their batch indices, so
+    that a batch can fail those rows alone."""
+
+    def __init__(self, message: str, rows: list[int]) -> None:
+        super().__init__(message)
+        self.rows = rows
+
+
+def _non_finite_error(bad: torch.Tensor, logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor) -> NonFiniteRows:
+    """The error for the ``bad [B]`` rows, naming what was not finite. Logits are blamed first:
+    the heads read them, so NaN logits give a NaN T too."""
+    bad_logits = bad & (torch.isnan(logits).any(dim=-1) | ~torch.isfinite(logits.amax(dim=-1)))
+    bad_t = bad & ~bad_logits & torch.isnan(temperature)
+    bad_p = bad & ~bad_logits & ~bad_t
+
+    def rows(mask: torch.Tensor) -> list[int]:
+        return mask.nonzero().flatten().tolist()
+
+    causes = []
+    if bool(bad_logits.any()):
+        hint = ("float16 overflows easily: load the model with dtype=bfloat16 or float32" if logits.dtype == torch.float16
+                else "the base model's weights, or its activations on this input, hold NaN or inf: check the checkpoint")
+        causes.append(f"the model's {str(logits.dtype).removeprefix('torch.')} logits are NaN or infinite in batch rows {rows(bad_logits)} ({hint})")
+    if bool(bad_t.any()):
+        causes.append(f"the temperature is NaN in batch rows {rows(bad_t)} (the temperature head's weights hold NaN or inf: a corrupt or diverged checkpoint)")
+    if bool(bad_p.any()):
+        causes.append(f"the top-p is NaN in batch rows {rows(bad_p)} (the top-p head's weights hold NaN or inf: a corrupt or diverged checkpoint)")
+    return NonFiniteRows("cannot sample: " + "; ".join(causes), rows(bad))
 
 
 BLOCK = 128  # entries per block in the block-maximum searches below
@@ -352,10 +380,18 @@ def _nucleus(
     return _Nucleus(sorted_probs, sorted_ids, cdf, kept, exact)
 
 
+def _greedy_and_divisor(temperature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(greedy rows [B]: T below :data:`GREEDY_BELOW`, the float32 T to divide logits by [B, 1]).
+    Greedy rows divide by 1 (callers take their argmax); T = inf, the uniform limit, divides by
+    the largest float so that -inf logits stay -inf."""
+    greedy = temperature < GREEDY_BELOW
+    divisor = torch.where(greedy, torch.ones_like(temperature), temperature).float().clamp_max(torch.finfo(torch.float32).max)
+    return greedy, divisor.unsqueeze(-1)
+
+
 def _probabilities(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
-    """softmax(logits / T) in float32; greedy rows (T <= 0) at T = 1 (callers take their argmax)."""
-    safe_t = torch.where(temperature <= 0, torch.ones_like(temperature), temperature).float()
-    return torch.softmax(logits.float() / safe_t.unsqueeze(-1), dim=-1)
+    """softmax(logits / T) in float32; greedy rows at T = 1 (callers take their argmax)."""
+    return torch.softmax(logits.float() / _greedy_and_divisor(temperature)[1], dim=-1)
 
 
 def _full_nucleus(probs: torch.Tensor, total: torch.Tensor, top_p: torch.Tensor, top_k: torch.Tensor | None, min_p: torch.Tensor | None) -> _Nucleus:
@@ -441,7 +477,7 @@ def top_p_probs(
 ) -> torch.Tensor:
     """The exact sampling distribution ``[B, V]`` (vocabulary order, float32).
 
-    ``logits [B, V]``; ``temperature [B]`` (<= 0 means greedy: a point mass on the argmax);
+    ``logits [B, V]``; ``temperature [B]`` (below :data:`GREEDY_BELOW` means greedy: a point mass on the argmax);
     ``top_p [B]``: keep the smallest set of most likely tokens whose mass under softmax(logits/T)
     reaches top_p (the top token always, ties with the last kept token too), renormalise.
     Optional per-row ``top_k [B]`` (0: off) and ``min_p [B]`` (0: off), in the order of the
@@ -455,7 +491,7 @@ def top_p_probs(
     probs = torch.zeros_like(kept).scatter_(-1, nucleus.sorted_ids, kept)
     probs = probs / probs.sum(dim=-1, keepdim=True)
     argmax = torch.zeros_like(probs).scatter_(-1, logits.argmax(dim=-1, keepdim=True), 1.0)
-    return torch.where((temperature <= 0).unsqueeze(-1), argmax, probs)
+    return torch.where((temperature < GREEDY_BELOW).unsqueeze(-1), argmax, probs)
 
 
 def nucleus_logits(
@@ -470,7 +506,7 @@ def nucleus_logits(
     nucleus at -inf, so that their softmax is the exact sampling distribution. For engines whose
     own sampler draws from the logits a model returns (vLLM's ``compute_logits``).
 
-    ``logits [B, V]``; ``temperature [B]`` (<= 0: greedy, only the argmax stays finite, at 0);
+    ``logits [B, V]``; ``temperature [B]`` (below :data:`GREEDY_BELOW`: greedy, only the argmax stays finite, at 0);
     ``top_p [B]`` (>= 1: no cut). The nucleus is found without sorting the vocabulary, as
     :func:`sample_tokens` finds it: each row's :data:`CANDIDATES` most likely tokens decide most
     rows, the threshold list of :func:`_threshold_nucleus` the long nuclei, and a full sort what
@@ -478,8 +514,7 @@ def nucleus_logits(
     to a factor per row and the ids of its largest entries, if the caller has them (the top-p
     head's statistics take them at T + 1e-8, within :data:`GUARD_TOLERANCE`).
     """
-    greedy = temperature <= 0
-    safe_t = torch.where(greedy, torch.ones_like(temperature), temperature).float().unsqueeze(-1)
+    greedy, divisor = _greedy_and_divisor(temperature)
     if probs is None:
         probs, probs_top_ids = _probabilities(logits, temperature), None
     total = probs.sum(dim=-1)
@@ -490,7 +525,7 @@ def nucleus_logits(
     for rows, found in _long_nuclei(probs, total, top_p, None, None, pending, any_pending):
         floor[rows] = torch.where(found.exact, found.floor, floor[rows])
     floor = torch.where(top_p >= 1, torch.zeros_like(floor), floor)  # ties with the floor stay, as in top_p_probs
-    scaled = (logits.float() / safe_t).masked_fill_(probs < floor.unsqueeze(-1), -math.inf)
+    scaled = (logits.float() / divisor).masked_fill_(probs < floor.unsqueeze(-1), -math.inf)
     if any_greedy:
         argmax_only = torch.full_like(scaled, -math.inf).scatter_(-1, row_argmax(logits)[0].unsqueeze(-1), 0.0)
         scaled = torch.where(greedy.unsqueeze(-1), argmax_only, scaled)
@@ -558,9 +593,9 @@ def sample_tokens(
     T + 1e-8); rows sampled within :data:`GUARD_TOLERANCE` of that T use it, the others are
     recomputed in place. ``probs_top_ids [B, CANDIDATES]``: the ids of each row's largest probs,
     descending, if the caller has them (the statistics do), which spares the first list's search.
-    Raises :class:`AutoDecoError` on NaN/inf logits instead of sampling garbage.
+    Raises :class:`NonFiniteRows` on NaN/inf logits or a NaN T or P, instead of sampling garbage.
     """
-    greedy = temperature <= 0
+    greedy = temperature < GREEDY_BELOW
     untruncated = ~greedy & (top_p >= 1)
     if top_k is not None:
         untruncated &= top_k <= 0
@@ -573,7 +608,7 @@ def sample_tokens(
         tokens, maxima = row_argmax(logits)
         finite = torch.isfinite(maxima)  # NaN and +inf propagate; an all -inf row stays -inf
         if not bool(finite.all()):
-            raise _non_finite_error(~finite)
+            raise _non_finite_error(~finite, logits, temperature, top_p)
         return tokens
     if all_stale:
         probs = _probabilities(logits, temperature)
@@ -581,7 +616,7 @@ def sample_tokens(
         rows = stale.nonzero().squeeze(-1)
         probs[rows] = _probabilities(logits[rows], temperature[rows])
     total = probs.sum(dim=-1)  # NaN for rows with NaN or +inf logits, or all -inf ones
-    finite = torch.isfinite(total) & torch.isfinite(temperature) & ~torch.isnan(top_p)
+    finite = torch.isfinite(total) & ~torch.isnan(temperature) & ~torch.isnan(top_p)
     if uniforms is None:
         uniforms = torch.rand(logits.shape[0], generator=generator, dtype=torch.float64, device=logits.device)
     uniforms = uniforms.to(logits.device, torch.float64)
@@ -595,7 +630,7 @@ def sample_tokens(
         pending &= ~settled
     all_finite, any_pending = torch.stack([finite.all(), pending.any()]).tolist()  # the second host sync
     if not all_finite:
-        raise _non_finite_error(~finite)
+        raise _non_finite_error(~finite, logits, temperature, top_p)
     if any_greedy:
         tokens = torch.where(greedy, row_argmax(logits)[0], tokens)
     if any_untruncated:

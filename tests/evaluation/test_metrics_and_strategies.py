@@ -74,6 +74,8 @@ def test_strategy_grammar_keeps_argument_commas_and_shares_equal_decodings():
     "text, message",
     [
         ("beam", "unknown strategy 'beam'; strategies are: greedy, default, static"),
+        ("greedy,beam:4", "unknown strategy 'beam'; strategies are"),  # not an argument of greedy
+        ("autodeco,gredy", "unknown strategy 'gredy'; strategies are: .*; did you mean 'greedy'\\?"),
         ("static", "write static:T or static:T,P"),
         ("static:hot", "'hot' is not a number"),
         ("static:0.7,1.5", "top_p=1.5 must lie in"),

@@ -30,7 +30,7 @@ from autodeco.evaluation.strategies import (
     AUTODECO, DEFAULT_ORACLE_TEMPERATURES, DEFAULT_ORACLE_TOP_PS, Decoding, Strategy, mean_decoding, static_decoding,
 )
 from autodeco.evaluation.tasks import Problem, Task
-from autodeco.io import atomic_write_text
+from autodeco.io import atomic_write_text, prepare_output_dir
 
 SAMPLES_NAME = "samples.jsonl"
 RUN_NAME = "run.json"
@@ -162,7 +162,7 @@ class Evaluator:
         self.model, self.tokenizer, self.settings = model, tokenizer, settings
         self.out = out
         self.console = console or Console(stderr=True)
-        out.mkdir(parents=True, exist_ok=True)
+        prepare_output_dir(out, overwrite=True, what="samples")  # an earlier run's samples are resumed
         check_settings(out, settings)
         self.store = SampleStore(out / SAMPLES_NAME)
         self.used: dict[tuple[str, str, str, int], dict[str, Any]] = {}  # the records behind the results

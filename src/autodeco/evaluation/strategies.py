@@ -11,6 +11,7 @@ at the best T; tuned on the test set, and flagged so) and ``mean`` (static at th
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 from autodeco.errors import AutoDecoError
@@ -129,11 +130,28 @@ def _fixed(kind: str, args: list[str], label: str) -> Decoding:
     return Decoding(key, SamplingParams(decoding="autodeco", **options))
 
 
+def _is_argument(piece: str) -> bool:
+    """Whether a comma-separated piece is an argument (``0.95``, ``t_max=2``) rather than a name."""
+    if "=" in piece:
+        return True
+    try:
+        float(piece)
+    except ValueError:
+        return False
+    return True
+
+
+def _unknown_strategy(name: str) -> str:
+    """The error message for a name that is no strategy, with the closest one if it looks like a typo."""
+    close = difflib.get_close_matches(name, KINDS, n=1)
+    return f"unknown strategy {name!r}; strategies are: {', '.join(KINDS)}" + (f"; did you mean {close[0]!r}?" if close else "")
+
+
 def parse_strategies(text: str) -> list[Strategy]:
     """``greedy,default,static:0.6,0.95,oracle,mean,autodeco`` -> strategies, in order.
 
-    Commas separate strategies and also their arguments: a piece that does not start with a
-    strategy name belongs to the strategy before it.
+    Commas separate strategies and also their arguments: a number or a ``key=value`` belongs to
+    the strategy before it; any other piece must be a strategy name.
     """
     groups: list[list[str]] = []
     for piece in (p.strip() for p in text.split(",")):
@@ -141,10 +159,10 @@ def parse_strategies(text: str) -> list[Strategy]:
             continue
         if piece.partition(":")[0] in KINDS:
             groups.append([piece])
-        elif groups:
+        elif groups and _is_argument(piece):
             groups[-1].append(piece)
         else:
-            raise AutoDecoError(f"unknown strategy {piece!r}; strategies are: {', '.join(KINDS)}")
+            raise AutoDecoError(_unknown_strategy(piece.partition(":")[0]))
     if not groups:
         raise AutoDecoError(f"no strategies given; choose from: {', '.join(KINDS)}")
     strategies, seen = [], set()

@@ -1,19 +1,22 @@
-"""The OpenAI-compatible HTTP server (FastAPI): routes, authentication, limits, errors, metrics.
+"""The OpenAI-compatible HTTP server (FastAPI): routes, errors, metrics.
 
-Every error is OpenAI's error JSON with a fitting status (400 bad request, 401 bad key, 404, 413
-body too large, 429 queue full, 500), and no request can stop the server.
+Every error is OpenAI's error JSON with a fitting status (400 bad request, 401 bad key, 404 no
+such route or model, 408 body too slow, 413 body too large, 429 queue full, 500 with a generic
+message), and no request can stop the server. The HTTP layer under the routes (limits, the key,
+uvicorn's settings) is :mod:`autodeco.serving.server`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -27,9 +30,13 @@ from autodeco.engine import Completion, StreamEvent, TokenTrace, encode_prompts
 from autodeco.errors import AutoDecoError
 from autodeco.serving import protocol
 from autodeco.serving.scheduler import Job, QueueFull, Scheduler
+from autodeco.serving.server import Authenticate, CatchErrors, CountRequests, Limits, ReadBody
+from autodeco.serving.server import error_response as error
 
-MAX_BODY_BYTES = 1 << 20
 DISCONNECT_POLL_S = 0.5  # how often a waiting non-streaming request checks that its client is still there
+DEFAULT_MAX_TOKENS = 256  # when neither the request nor the model's context sets a length
+_JSON_TYPES = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", list: "an array", dict: "an object", type(None): "null"}
+T = TypeVar("T")
 
 
 def _coalesce(events: list[StreamEvent]) -> list[StreamEvent]:
@@ -48,46 +55,21 @@ def _coalesce(events: list[StreamEvent]) -> list[StreamEvent]:
     return list(merged.values())
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
-class _BodyLimit:
-    """ASGI middleware: 413 for a request body over ``limit`` bytes, declared or streamed."""
-
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await _too_large(self.limit)(scope, receive, send)
-        seen = 0
-
-        async def limited_receive() -> dict:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise BodyTooLarge
-            return message
-
-        try:
-            await self.app(scope, limited_receive, send)
-        except BodyTooLarge:
-            await _too_large(self.limit)(scope, receive, send)
-
-
-def _too_large(limit: int) -> JSONResponse:
-    return JSONResponse(protocol.error_body(f"the request body is over {limit} bytes; send a shorter prompt", code="request_too_large"), status_code=413)
+def _explain(error: dict[str, Any]) -> str:
+    """A pydantic error as one sentence: our validators' own text, or pydantic's with the JSON
+    type that came when the type was wrong."""
+    if error.get("type") == "value_error":
+        return str(error["ctx"]["error"])
+    message = error.get("msg", "invalid value")
+    if str(error.get("type", "")).endswith("_type") and type(error.get("input")) in _JSON_TYPES:
+        message += f", not {_JSON_TYPES[type(error['input'])]}"
+    return message
 
 
 class _Metrics:
     def __init__(self, scheduler: Scheduler) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("autodeco_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=self.registry)
+        self.requests = Counter("autodeco_requests", "HTTP requests by route and status", ["endpoint", "status"], registry=self.registry)
         self.latency = Histogram("autodeco_request_latency_seconds", "Time to the whole response", ["endpoint"], registry=self.registry)
         self.first_token = Histogram("autodeco_time_to_first_token_seconds", "Time to the first generated text", registry=self.registry)
         Gauge("autodeco_queue_depth", "Requests waiting for room in the batch", registry=self.registry).set_function(lambda: scheduler.queued)
@@ -100,20 +82,39 @@ class _Metrics:
             Gauge("autodeco_accepted_draft_tokens", "Draft tokens accepted since start", registry=self.registry).set_function(lambda: stats.accepted)
             Gauge("autodeco_tokens_per_target_forward", "Mean tokens per row and target forward", registry=self.registry).set_function(lambda: stats.tokens_per_forward)
 
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        """One answered request (:class:`CountRequests`); latency of the successful /v1 ones."""
+        self.requests.labels(route, str(status)).inc()
+        if route.startswith("/v1/") and status == 200:
+            self.latency.labels(route).observe(seconds)
+
 
 def create_app(
-    scheduler: Scheduler, model_name: str, *, api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES
+    scheduler: Scheduler, model_name: str, *, aliases: Iterable[str] = (), api_key: str | None = None,
+    limits: Limits = Limits(), public_metrics: bool = False,
 ) -> FastAPI:
-    """The server around a (started) :class:`Scheduler`; ``api_key`` guards the ``/v1`` routes."""
+    """The server around a (started) :class:`Scheduler`, serving ``model_name``: requests may
+    name it, one of ``aliases`` or no model; another name gets 404. ``api_key`` guards every
+    route but /health (and /metrics, with ``public_metrics``)."""
     tokenizer: PreTrainedTokenizerBase = scheduler.tokenizer
     limit = context_length(scheduler.model)
     vocab = scheduler.model.config.get_text_config().vocab_size
+    names = {model_name, *aliases}
     metrics = _Metrics(scheduler)
-    app = FastAPI(title="autodeco", docs_url=None, redoc_url=None)
-    app.add_middleware(_BodyLimit, limit=max_body_bytes)
+    tokenizing = ThreadPoolExecutor(limits.max_tokenizing, thread_name_prefix="autodeco-tokenize")
 
-    def error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> JSONResponse:
-        return JSONResponse(protocol.error_body(message, kind, param, code), status_code=status)
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        tokenizing.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="autodeco", docs_url=None, redoc_url=None, lifespan=lifespan)
+    # each add_middleware wraps the ones before: requests pass count -> catch errors -> read body -> key -> routes
+    if api_key is not None:
+        app.add_middleware(Authenticate, api_key=api_key, open_paths=frozenset({"/health", "/metrics"} if public_metrics else {"/health"}))
+    app.add_middleware(ReadBody, limit=limits.max_body_bytes, timeout_s=limits.body_timeout_s)
+    app.add_middleware(CatchErrors)
+    app.add_middleware(CountRequests, routes=app.routes, observe=metrics.observe)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -121,30 +122,20 @@ def create_app(
         if first.get("type") == "json_invalid":
             return error(400, "the request body is not valid JSON", code="invalid_json")
         where = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
-        return error(400, f"{where or 'body'}: {first.get('msg', 'invalid value')}", param=where)
+        if where is None:  # no body, or not an object (a form's Content-Type leaves it unparsed)
+            return error(400, "the request body must be a JSON object, sent with Content-Type: application/json", code="invalid_json")
+        return error(400, f"{where}: {_explain(first)}", param=where)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return error(exc.status_code, str(exc.detail), kind="invalid_request_error" if exc.status_code < 500 else "server_error")
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        return error(500, f"internal error: {type(exc).__name__}: {exc}", kind="server_error")
-
-    @app.middleware("http")
-    async def authenticate_and_count(request: Request, call_next: Any) -> Any:
+        """Starlette's and FastAPI's own refusals, with a message that says what to do."""
         path = request.url.path
-        if api_key is not None and path.startswith("/v1/"):
-            given = request.headers.get("authorization", "")
-            if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                metrics.requests.labels(path, "401").inc()
-                return error(401, "invalid or missing API key: send the header 'Authorization: Bearer <key>'", kind="authentication_error", code="invalid_api_key")
-        start = time.perf_counter()
-        response = await call_next(request)
-        metrics.requests.labels(path, str(response.status_code)).inc()
-        if path.startswith("/v1/") and response.status_code == 200 and not isinstance(response, StreamingResponse):
-            metrics.latency.labels(path).observe(time.perf_counter() - start)
-        return response
+        message = {
+            400: "the request body is not valid JSON (or not UTF-8, or nested too deeply); send a JSON object",  # FastAPI could not parse it
+            404: f"there is no route {path}; use GET /v1/models, POST /v1/completions or POST /v1/chat/completions",
+            405: f"{request.method} is not allowed on {path}",
+        }.get(exc.status_code, str(exc.detail))
+        return error(exc.status_code, message, kind="invalid_request_error" if exc.status_code < 500 else "server_error", headers=exc.headers)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -158,21 +149,51 @@ def create_app(
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "autodeco"}]}
 
+    def unknown_model(name: str | None) -> JSONResponse | None:
+        """404 for a model this server does not serve (None: the request named none)."""
+        if name is None or name in names:
+            return None
+        return error(404, f"the model {name!r} does not exist here; this server serves {model_name!r} (GET /v1/models)", param="model", code="model_not_found")
+
+    async def off_loop(work: Callable[[], T]) -> T:
+        """``work`` (tokenising: seconds for a long prompt) on the tokenising threads, at most
+        ``limits.max_tokenizing`` at once, while the event loop goes on answering."""
+        return await asyncio.get_running_loop().run_in_executor(tokenizing, work)
+
     def piece(token_id: int) -> str:
         return tokenizer.decode([token_id])
 
-    def submit(prompt: list[int], body: protocol.GenerationRequest, max_tokens: int | None, logprobs: int | None) -> Job | JSONResponse:
-        if any(not 0 <= t < vocab for t in prompt):
-            return error(400, f"prompt token ids must lie in [0, {vocab})", param="prompt")
-        room = None if limit is None else limit - len(prompt)
-        if room is not None and room < 1:
-            return error(400, f"the prompt has {len(prompt)} tokens but the model's context is {limit}; shorten it", param="prompt", code="context_length_exceeded")
-        if max_tokens is not None and room is not None and max_tokens > room:
+    def token_budget(prompt_tokens: int, n: int, asked: int | None, default: int | None) -> int | JSONResponse:
+        """max_tokens for each of the n choices: ``asked`` if it fits the context and n x asked
+        fits ``limits.max_request_tokens``; if not asked, ``default`` (None: the room left in
+        the context) cut to fit the context and each choice's share of that limit."""
+        room = DEFAULT_MAX_TOKENS if limit is None else limit - prompt_tokens
+        if room < 1:
+            return error(400, f"the prompt has {prompt_tokens} tokens but the model's context is {limit}; shorten it", param="prompt", code="context_length_exceeded")
+        cap = limits.max_request_tokens
+        if asked is None:
+            if n > cap:
+                return error(400, f"n={n} is over this server's limit of {cap} tokens per request (--max-request-tokens); ask for fewer choices", param="n", code="request_too_large")
+            return min(room, cap // n, default or room)
+        if limit is not None and asked > room:
             return error(
-                400, f"max_tokens={max_tokens} does not fit: the context is {limit} tokens and the prompt takes {len(prompt)}; "
+                400, f"max_tokens={asked} does not fit: the context is {limit} tokens and the prompt takes {prompt_tokens}; "
                 f"ask for at most {room}", param="max_tokens", code="context_length_exceeded",
             )
-        job = Job(prompt, body.sampling_params(max_tokens or room or 256), logprobs, asyncio.get_running_loop())
+        if n * asked > cap:
+            return error(
+                400, f"n={n} x max_tokens={asked} = {n * asked} tokens is over this server's limit of {cap} per request "
+                f"(--max-request-tokens); ask for at most {cap // n} tokens per choice, or fewer choices", param="max_tokens", code="request_too_large",
+            )
+        return asked
+
+    def submit(prompt: list[int], body: protocol.GenerationRequest, logprobs: int | None) -> Job | JSONResponse:
+        if any(not 0 <= t < vocab for t in prompt):
+            return error(400, f"prompt token ids must lie in [0, {vocab})", param="prompt")
+        budget = token_budget(len(prompt), body.n, *body.token_ask())
+        if isinstance(budget, JSONResponse):
+            return budget
+        job = Job(prompt, body.sampling_params(budget), logprobs, asyncio.get_running_loop())
         try:
             scheduler.submit(job)
         except QueueFull as exc:
@@ -261,8 +282,11 @@ def create_app(
 
     @app.post("/v1/completions")
     async def completions(request: Request, body: protocol.CompletionRequest) -> Any:
-        prompt = body.prompt if isinstance(body.prompt, list) else tokenizer(body.prompt).input_ids
-        job = submit(prompt, body, body.max_tokens, body.logprobs)
+        if (refused := unknown_model(body.model)) is not None:
+            return refused
+        text = body.prompt
+        prompt = text if isinstance(text, list) else await off_loop(lambda: tokenizer(text).input_ids)
+        job = submit(prompt, body, body.logprobs)
         if isinstance(job, JSONResponse):
             return job
         offsets = [0] * body.n  # characters streamed so far per choice: logprobs' text_offset
@@ -279,14 +303,18 @@ def create_app(
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request, body: protocol.ChatCompletionRequest) -> Any:
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        if (refused := unknown_model(body.model)) is not None:
+            return refused
+        if not getattr(tokenizer, "chat_template", None):
+            return error(400, "this model's tokenizer has no chat template, so it cannot take messages; send a prompt to /v1/completions", param="messages")
+        messages = [{"role": m.role, "content": m.content} for m in body.messages]
         try:
-            prompt = encode_prompts(tokenizer, [messages], chat=True)[0]
+            prompt = await off_loop(lambda: encode_prompts(tokenizer, [messages], chat=True)[0])
         except AutoDecoError as exc:
             return error(400, str(exc), param="messages")
         except Exception as exc:  # a chat template that rejects this conversation (e.g. role order)
             return error(400, f"the chat template rejected these messages: {exc}", param="messages")
-        job = submit(prompt, body, body.max_completion_tokens or body.max_tokens, (body.top_logprobs or 0) if body.logprobs else None)
+        job = submit(prompt, body, (body.top_logprobs or 0) if body.logprobs else None)
         if isinstance(job, JSONResponse):
             return job
 

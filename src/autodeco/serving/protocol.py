@@ -9,38 +9,61 @@ carries an extension field ``autodeco``: the temperature and top-p used for each
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, field_validator
 
 from autodeco.engine import TokenTrace
 from autodeco.sampling import SamplingParams
 
 MAX_STOP_STRINGS = 4
 MAX_TOP_LOGPROBS = 20
+COMPLETION_MAX_TOKENS = 16  # OpenAI's default max_tokens for completions
 
 
-class GenerationRequest(BaseModel):
-    """Fields shared by both endpoints. Unknown fields are ignored, as SDKs send extras."""
+def _unicode(value: str) -> str:
+    """``value`` if it encodes as UTF-8: JSON's ``\\ud800`` escape gives a lone surrogate, which the
+    tokenizer and the JSON encoder of a reply cannot take."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(f"the text has a lone UTF-16 surrogate at character {error.start}; send valid Unicode") from None
+    return value
 
-    model_config = ConfigDict(extra="ignore")
 
-    model: str | None = None
+Text = Annotated[StrictStr, AfterValidator(_unicode)]
+
+
+class _Strict(BaseModel):
+    """Strict types (no "1.0" or true for a number, no "yes" for a boolean; an integer still does
+    for a float, as JSON has one number type); unknown fields are ignored, as SDKs send extras."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class GenerationRequest(_Strict):
+    """Fields shared by both endpoints."""
+
+    model: Text | None = None
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, ge=0.0, le=2.0)
     n: int = Field(1, ge=1, le=64)
     stream: bool = False
-    stop: str | list[str] | None = None
+    stop: list[Text] = []
     seed: int | None = Field(None, ge=0, lt=2**63)
     decoding: Literal["autodeco", "static"] = "autodeco"
-    stream_options: dict[str, Any] | None = None
+    stream_options: StreamOptions | None = None
 
-    @field_validator("stop")
+    @field_validator("stop", mode="before")
     @classmethod
-    def _stop_strings(cls, value: str | list[str] | None) -> list[str]:
-        stops = [value] if isinstance(value, str) else list(value or [])
-        if len(stops) > MAX_STOP_STRINGS or any(not s for s in stops):
-            raise ValueError(f"give at most {MAX_STOP_STRINGS} non-empty stop strings")
+    def _stop_strings(cls, value: Any) -> list[Any]:
+        stops = [value] if isinstance(value, str) else [] if value is None else value
+        if not isinstance(stops, list) or len(stops) > MAX_STOP_STRINGS or not all(isinstance(s, str) and s for s in stops):
+            raise ValueError(f"stop must be a string or a list of at most {MAX_STOP_STRINGS} non-empty strings")
         return stops
 
     def sampling_params(self, max_new_tokens: int) -> list[SamplingParams]:
@@ -52,44 +75,59 @@ class GenerationRequest(BaseModel):
         else:
             mode = dict(decoding="static", temperature=self.temperature, top_p=min(self.top_p, 1.0))
         return [
-            SamplingParams(**mode, max_new_tokens=max_new_tokens, stop=tuple(self.stop or ()), seed=None if self.seed is None else (self.seed + i) % 2**63)
+            SamplingParams(**mode, max_new_tokens=max_new_tokens, stop=tuple(self.stop), seed=None if self.seed is None else (self.seed + i) % 2**63)
             for i in range(self.n)
         ]
 
     @property
     def include_usage(self) -> bool:
-        return bool((self.stream_options or {}).get("include_usage"))
+        return self.stream_options is not None and self.stream_options.include_usage
+
+    def token_ask(self) -> tuple[int | None, int | None]:
+        """(the max_tokens the request set, the default when it set none); None: the room left in
+        the context. A default may be cut to fit the server's limits; a set value is refused."""
+        raise NotImplementedError
 
 
 class CompletionRequest(GenerationRequest):
-    prompt: str | list[str] | list[int]
-    max_tokens: int | None = Field(16, ge=1)
+    prompt: str | list[int]  # checked whole by _one_prompt
+    max_tokens: int | None = Field(None, ge=1)  # unset: COMPLETION_MAX_TOKENS; null: up to the context
     logprobs: int | None = Field(None, ge=0, le=5)
     echo: Literal[False] = False
 
-    @field_validator("prompt")
+    @field_validator("prompt", mode="before")
     @classmethod
-    def _one_prompt(cls, value: str | list[str] | list[int]) -> str | list[int]:
-        if isinstance(value, list) and value and isinstance(value[0], str):
+    def _one_prompt(cls, value: Any) -> Any:
+        """One text or one list of token ids (a list of one text is taken as that text)."""
+        if isinstance(value, list) and value and all(isinstance(p, str) for p in value):
             if len(value) != 1:
                 raise ValueError("send one prompt per request (or use n for several completions)")
             value = value[0]
-        if not value or (isinstance(value, str) and not value.strip()):
-            raise ValueError("the prompt is empty")
-        return value
+        if isinstance(value, str):
+            if not value.strip():
+                raise ValueError("the prompt is empty")
+            return _unicode(value)
+        if isinstance(value, list) and value and all(type(t) is int for t in value):
+            return value
+        raise ValueError("prompt must be a string, a list of one string, or a non-empty list of token ids (integers)")
+
+    def token_ask(self) -> tuple[int | None, int | None]:
+        return (self.max_tokens, None) if "max_tokens" in self.model_fields_set else (None, COMPLETION_MAX_TOKENS)
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class ChatMessage(_Strict):
     role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: str | list[dict[str, Any]]
+    content: Text
 
-    def text(self) -> str:
-        """The message's text (text parts of a multi-part message, joined)."""
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(part.get("text", "") for part in self.content if part.get("type") == "text")
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> Any:
+        """The message's text: a string, or text parts (``{"type": "text", "text": ...}``) joined."""
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list) and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in value):
+            return "".join(p["text"] for p in value)
+        raise ValueError('content must be a string or a list of text parts {"type": "text", "text": "..."}; this server reads text only')
 
 
 class ChatCompletionRequest(GenerationRequest):
@@ -106,9 +144,14 @@ class ChatCompletionRequest(GenerationRequest):
             raise ValueError("messages is empty; send at least one message")
         return value
 
+    def token_ask(self) -> tuple[int | None, int | None]:
+        return self.max_completion_tokens or self.max_tokens, None
+
 
 def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> dict[str, Any]:
-    """OpenAI's error JSON."""
+    """OpenAI's error JSON. A message that quotes the request (a path, a model name) may hold a lone
+    surrogate: it is escaped, as a reply must encode as UTF-8."""
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 

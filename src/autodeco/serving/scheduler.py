@@ -18,7 +18,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from autodeco.batching import RowRequest, RunningBatch, TokenEvent
+from autodeco.batching import RowFailed, RowRequest, RunningBatch, TokenEvent
 from autodeco.speculative import Speculation
 from autodeco.engine import RowText, StreamEvent, eos_ids
 from autodeco.errors import AutoDecoError
@@ -161,7 +161,7 @@ class Scheduler:
                 room -= len(job.params)
         return admitted
 
-    def _join(self, jobs: list[Job]) -> list[TokenEvent]:
+    def _join(self, jobs: list[Job]) -> list[TokenEvent | RowFailed]:
         """Prefill the jobs together (one batched prefill is far cheaper than one per job); if
         that fails, each on its own, so that one bad job fails alone."""
         rows = [RowRequest((job.id, i), job.prompt, p, job.logprobs) for job in jobs for i, p in enumerate(job.params)]
@@ -178,13 +178,17 @@ class Scheduler:
                 self.choices[(job.id, i)] = _Choice(job, i, RowText(self.tokenizer, p.stop, self.eos))
         return events
 
-    def _deliver(self, events: list[TokenEvent]) -> None:
+    def _deliver(self, events: list[TokenEvent | RowFailed]) -> None:
         """Text per choice; rows that hit a stop string leave; finished jobs get their end. A
         step's events reach the handlers in one hand-over per event loop."""
         stopped, outbox = set(), []
         for event in events:
             choice = self.choices.get(event.key)
             if choice is None:
+                continue
+            if isinstance(event, RowFailed):  # this row alone could not go on: its job fails, the batch does not
+                self._drop_job(choice.job)
+                outbox.append((choice.job, AutoDecoError(f"generation failed for this request: {event.message}")))
                 continue
             self.generated_tokens += 1
             update, reason = choice.text.take(choice.index, event, len(choice.job.prompt))
@@ -209,9 +213,12 @@ class Scheduler:
     def _fail(self, jobs: set[Job], error: Exception) -> None:
         """End ``jobs`` with an error event; their rows leave."""
         message = error if isinstance(error, AutoDecoError) else AutoDecoError(f"generation failed: {type(error).__name__}: {error}")
-        ids = {job.id for job in jobs}
-        for key in [k for k in self.choices if k[0] in ids]:
-            del self.choices[key]
-        self.batch.leave({key for key in self.batch.keys if key[0] in ids})
         for job in jobs:
+            self._drop_job(job)
             job.put(message)
+
+    def _drop_job(self, job: Job) -> None:
+        """Forget a job's choices; its rows leave the batch."""
+        for key in [k for k in self.choices if k[0] == job.id]:
+            del self.choices[key]
+        self.batch.leave({key for key in self.batch.keys if key[0] == job.id})

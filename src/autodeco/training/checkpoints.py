@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from autodeco.errors import AutoDecoError
@@ -77,13 +78,23 @@ def save_checkpoint(out: Path, step: int, model: AutoDecoModelForCausalLM, optim
     return final
 
 
+def remove_checkpoints(out: Path) -> None:
+    """Delete every checkpoint under ``out``. The folder is renamed away first, so an
+    interruption never leaves a half-deleted checkpoint that could be resumed from."""
+    folder, trash = out / CHECKPOINTS, out / f".{CHECKPOINTS}.deleted"
+    shutil.rmtree(trash, ignore_errors=True)
+    if folder.exists():
+        folder.rename(trash)
+        shutil.rmtree(trash)
+
+
 def load_checkpoint(path: Path, model: AutoDecoModelForCausalLM, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore heads and optimizer from ``path``; returns the trainer state (with ``step``)."""
     try:
         state = json.loads((path / STATE_NAME).read_text())
         heads = load_heads(path)
         tensors = load_file(str(path / OPTIMIZER_NAME))
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, ValueError, SafetensorError) as err:  # ValueError: bad JSON, or an AutoDecoError about the heads
         raise AutoDecoError(f"checkpoint {path} is unreadable ({err}); delete it to resume from the one before") from err
     model.heads.load_state_dict(heads.state_dict())
     entries: dict[int, dict[str, torch.Tensor]] = {}

@@ -24,7 +24,9 @@ from typing import Any, Literal
 
 import torch
 
+from autodeco.configuration import json_kind
 from autodeco.errors import AutoDecoError
+from autodeco.io import read_jsonl
 
 Overflow = Literal["truncate", "drop"]
 
@@ -65,23 +67,13 @@ class DataStats:
         )
 
 
-def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """Parse a JSONL file; a malformed line is reported by file and line number before any work."""
-    path = Path(path)
-    if not path.is_file():
-        raise AutoDecoError(f"training data {path} does not exist; pass a JSONL file with --data")
-    records = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise AutoDecoError(f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno}); each line must be one JSON object") from err
-            if not isinstance(record, dict):
-                raise AutoDecoError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-            records.append((number, record))
+def read_records(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, record) for each line of a JSONL file; a missing file, a folder, bytes that
+    are not UTF-8 or a line that is not a JSON object is reported by file and line before any work."""
+    records = read_jsonl(Path(path), "training data", "pass a JSONL file with --data")
+    for number, record in records:
+        if not isinstance(record, dict):
+            raise AutoDecoError(f"{path}:{number}: expected a JSON object, got {json_kind(record)}")
     return records
 
 
@@ -109,8 +101,14 @@ def _prompt_and_completion(record: dict[str, Any], tokenizer: Any, where: str) -
 def _token_ids(record: dict[str, Any], where: str) -> Example:
     ids = {name: record.get(name) for name in ("prompt_ids", "completion_ids")}
     for name, value in ids.items():
-        if not isinstance(value, list) or not all(isinstance(t, int) and t >= 0 for t in value):
-            raise AutoDecoError(f"{where}: {name!r} must be a list of non-negative token ids")
+        if not isinstance(value, list):
+            raise AutoDecoError(f"{where}: {name!r} must be a list of token ids (non-negative integers), got {json_kind(value)}")
+        for position, token in enumerate(value):
+            # bool is an int in Python: without the explicit check, true would train as token 1
+            if isinstance(token, bool) or not isinstance(token, int) or token < 0:
+                raise AutoDecoError(
+                    f"{where}: {name}[{position}] is {json.dumps(token)}, not a token id; token ids are non-negative integers"
+                )
     if not ids["prompt_ids"]:
         raise AutoDecoError(f"{where}: 'prompt_ids' is empty; the first completion token needs a position to be predicted from")
     return Example(tuple(ids["prompt_ids"]) + tuple(ids["completion_ids"]), len(ids["prompt_ids"]))

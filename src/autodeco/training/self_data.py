@@ -21,8 +21,8 @@ from autodeco.engine import encode_prompts
 from autodeco.errors import AutoDecoError
 from autodeco.evaluation.runner import EvalPlan, EvalSettings, Evaluator
 from autodeco.evaluation.strategies import static_decoding
-from autodeco.evaluation.tasks import Task, has_train_split, load_task, parse_task_spec
-from autodeco.io import atomic_write_text
+from autodeco.evaluation.tasks import Task, has_train_split, load_task, parse_known_task_spec
+from autodeco.io import atomic_write_text, prepare_output_dir
 
 
 @dataclass(frozen=True)
@@ -42,12 +42,22 @@ class TaskYield:
 
 def training_task(spec: str) -> Task:
     """The training split of a task; tasks without one are refused (their problems are evaluation problems)."""
-    family, _, options = parse_task_spec(spec)
+    family, _, options = parse_known_task_spec(spec)
     if not has_train_split(family):
         raise AutoDecoError(f"task {spec!r} has no training split; sample training data from reasoning_gym tasks (their split=train never meets evaluation)")
     if options.get("split", "train") != "train":
         raise AutoDecoError(f"task {spec!r}: training data must come from split=train, never from the test split")
     return load_task(spec if "split" in options else f"{spec},split=train")
+
+
+def samples_folder(out: Path, work: Path | None = None) -> Path:
+    """Check the outputs before any sampling: ``out`` must be a file path whose folder can be
+    written; the samples folder (``work``, default ``OUT.samples``) is made and returned."""
+    if out.is_dir():
+        raise AutoDecoError(f"--out {out} is a folder; sample-data writes one JSONL file: pass a file path such as {out / 'train.jsonl'}")
+    folder = prepare_output_dir(work or out.with_name(out.name + ".samples"), overwrite=True, what="samples")  # earlier samples are reused
+    prepare_output_dir(out.parent, overwrite=True, what="output")
+    return folder
 
 
 def completion_ids(record: dict[str, Any]) -> list[int]:
@@ -67,7 +77,7 @@ def sample_training_data(
     console = console or Console(stderr=True)
     tasks = [training_task(spec) for spec in task_specs]
     decoding = static_decoding(temperature, top_p)
-    evaluator = Evaluator(model, tokenizer, settings, work or out.with_name(out.name + ".samples"), console)
+    evaluator = Evaluator(model, tokenizer, settings, samples_folder(out, work), console)
     plan = EvalPlan(tasks=tasks, strategies=[], samples=samples, batch_size=batch_size)
     lines, yields = [], []
     for task in tasks:
@@ -87,7 +97,6 @@ def sample_training_data(
                 "task": task.name, "problem": record["problem"], "sample": record["sample"],
             }, ensure_ascii=False))
         yields.append(TaskYield(task.name, len(chosen), len(records), len(correct), len(solved)))
-    out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text("".join(line + "\n" for line in lines), out)
     return yields
 

@@ -39,9 +39,10 @@ from transformers import get_scheduler
 from autodeco.errors import AutoDecoError
 from autodeco.heads import AutoDecoHeads
 from autodeco.models import load_tokenizer
-from autodeco.modeling import AutoDecoModelForCausalLM, base_hidden_size, check_logits_from_hidden, load_base, load_heads, logits_from_hidden
+from autodeco.io import prepare_output_dir
+from autodeco.modeling import CONFIG_NAME, WEIGHTS_NAME, AutoDecoModelForCausalLM, base_hidden_size, check_logits_from_hidden, load_base, load_heads, logits_from_hidden
 from autodeco.sampling import counter_uniforms
-from autodeco.training.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from autodeco.training.checkpoints import CHECKPOINTS, latest_checkpoint, load_checkpoint, remove_checkpoints, save_checkpoint
 from autodeco.training.data import Example, Overflow, collate, load_examples
 from autodeco.training.features import FeatureCache, completion_hidden_states, data_fingerprint
 from autodeco.training.losses import DEFAULT_ALPHA, DEFAULT_EASY_TOKEN_DROP, autodeco_losses, dft_weights, easy_token_keep
@@ -50,6 +51,7 @@ from autodeco.training.nl_control import DEFAULT_T_MARGIN, anchor_loss, load_con
 
 LOSS_NAMES = ("temperature", "top_p")
 NL_LOSS = "nl_control"  # the ranking loss of commanded examples, with --nl-control
+METRICS_NAME, PLOT_NAME = "metrics.jsonl", "training.png"
 
 
 class TrainingDiverged(AutoDecoError):
@@ -86,6 +88,7 @@ class TrainConfig:
     nl_variants: int = 1
     cache_features: Literal["none", "memory", "disk"] = "none"
     resume: bool = False
+    overwrite: bool = False
     seed: int = 0
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
@@ -121,6 +124,10 @@ class TrainConfig:
                                      ("--cache-features", self.cache_features, ("none", "memory", "disk"))):
             if value not in allowed:
                 raise AutoDecoError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if self.resume and self.overwrite:
+            raise AutoDecoError("--resume continues the run in --out and --overwrite deletes it: pass one of them")
+        if self.heads and Path(self.heads).resolve() == Path(self.out).resolve():
+            raise AutoDecoError(f"--heads and --out are the same folder {self.out}; write the trained heads to another --out")
 
     def identity(self) -> dict[str, Any]:
         """The settings a resumed run must share with the checkpoint (others, e.g. --max-steps, may change)."""
@@ -208,7 +215,7 @@ class Trainer:
             num_training_steps=self.total_steps,
         )
         self.cache: FeatureCache | None = None
-        self.metrics = MetricsLog(self.out / "metrics.jsonl")
+        self.metrics = MetricsLog(self.out / METRICS_NAME)
         self.fingerprint = data_fingerprint(examples)
 
     # ------------------------------------------------------------------ features
@@ -373,7 +380,7 @@ class Trainer:
         """Load the latest checkpoint; returns (step, tokens, seconds) already done."""
         path = latest_checkpoint(self.out)
         if path is None:
-            raise AutoDecoError(f"--resume: no checkpoint under {self.out / 'checkpoints'}; run without --resume to start a new run")
+            raise AutoDecoError(f"--resume: no checkpoint under {self.out / CHECKPOINTS}; run without --resume to start a new run")
         state = load_checkpoint(path, self.model, self.optimizer)
         expected = self._checkpoint_state(0, 0.0)
         for key, what in (("identity", "base model"), ("data", "training data"), ("config", "training settings")):
@@ -389,7 +396,6 @@ class Trainer:
         config, state = self.config, self.state
         start_step, tokens, seconds_before = self.resume() if config.resume else (0, 0, 0.0)
         if state.is_main_process:
-            self.out.mkdir(parents=True, exist_ok=True)
             self.metrics.truncate_after(start_step)
         if config.cache_features != "none":
             self.build_cache(console)
@@ -422,9 +428,38 @@ class Trainer:
             self.model.save_pretrained(self.out)
             records = self.metrics.records()
             if records:
-                plot_training(records, self.out / "training.png")
+                plot_training(records, self.out / PLOT_NAME)
         state.wait_for_everyone()
         return TrainResult(self.model, self.out, self.total_steps, tokens, elapsed, record)
+
+
+def _earlier_run(out: Path) -> list[str]:
+    """What an earlier run (or any model) left in ``out`` that a new run would overwrite or mix
+    its checkpoints with. A log without checkpoints is not listed: rerunning makes it again."""
+    names = [name for name in (WEIGHTS_NAME, CONFIG_NAME) if (out / name).exists()]
+    return names + ([f"{CHECKPOINTS}/"] if latest_checkpoint(out) else [])
+
+
+def prepare_run_dir(config: TrainConfig, state: PartialState) -> Path:
+    """Check --out before the base is loaded, and make it. A new run refuses a folder holding an
+    earlier run (it would overwrite its heads and mix checkpoints of two runs) unless
+    ``overwrite``, which deletes that run's outputs first; ``resume`` continues it. Other files
+    in the folder are left alone, the feature cache too (it is checked against base and data)."""
+    out = Path(config.out)
+    earlier = [] if config.resume else _earlier_run(out)
+    if earlier and not config.overwrite:
+        checkpoint = latest_checkpoint(out)
+        to_continue = f"rerun with --resume to continue it from {checkpoint.name}, " if checkpoint else ""
+        raise AutoDecoError(
+            f"{out} already holds an earlier run's {', '.join(earlier)}; {to_continue}pass --overwrite to delete them and start over, or pick another --out"
+        )
+    prepare_output_dir(out, overwrite=True, what="training output")  # a file, under a file, read-only
+    state.wait_for_everyone()  # every process has checked the folder before any of it is deleted
+    if config.overwrite and state.is_main_process:
+        remove_checkpoints(out)  # first: a run half deleted is never resumed
+        for name in (METRICS_NAME, PLOT_NAME, WEIGHTS_NAME, CONFIG_NAME):
+            (out / name).unlink(missing_ok=True)
+    return out
 
 
 def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
@@ -433,7 +468,7 @@ def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
     console = console or Console(stderr=True)
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1  # by accelerate launch or torchrun
     state = PartialState(cpu=launched and not torch.cuda.is_available())  # CPU processes talk over gloo
-    tokenizer = load_tokenizer(config.base, config.trust_remote_code)
+    tokenizer = load_tokenizer(config.base, config.trust_remote_code, flag="--base")
     control: dict[int, tuple[int, int]] = {}
     if config.nl_control:
         examples, control, stats = load_control_examples(
@@ -443,6 +478,7 @@ def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
         examples, stats = load_examples(config.data, tokenizer, config.max_length, config.overflow)
     if state.is_main_process:
         console.print(stats.summary() + (f"; {len(control)} of them commanded copies for NL control" if control else ""))
+    prepare_run_dir(config, state)
     llm = load_base(config.base, dtype=config.dtype, device=state.device, trust_remote_code=config.trust_remote_code)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     check_logits_from_hidden(llm, *(t.to(state.device) for t in collate(examples[:2], pad)))
@@ -461,7 +497,7 @@ def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
     if state.is_main_process:
         console.print(
             f"trained {result.steps} steps on {result.completion_tokens} completion tokens in {result.seconds:.1f} s; "
-            f"heads: {result.out}/model.safetensors, log: {result.out}/metrics.jsonl, plot: {result.out}/training.png, "
-            f"checkpoints: {result.out}/checkpoints"
+            f"heads: {result.out}/{WEIGHTS_NAME}, log: {result.out}/{METRICS_NAME}, plot: {result.out}/{PLOT_NAME}, "
+            f"checkpoints: {result.out}/{CHECKPOINTS}"
         )
     return result

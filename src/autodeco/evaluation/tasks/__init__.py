@@ -7,6 +7,7 @@ A task is named on the command line as ``family[:argument][,key=value,...]``, fo
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -107,12 +108,23 @@ def parse_task_spec(spec: str) -> tuple[str, str | None, dict[str, str]]:
     return family.strip(), argument.strip() or None, options
 
 
-def load_task(spec: str) -> Task:
-    """The task a command-line name describes; unknown families are listed in the error."""
+def parse_known_task_spec(spec: str) -> tuple[str, str | None, dict[str, str]]:
+    """:func:`parse_task_spec` for a registered family; an unknown one is refused, listing the
+    families (and the closest one, for a typo)."""
     family, argument, options = parse_task_spec(spec)
     families = task_families()
     if family not in families:
-        raise AutoDecoError(f"unknown task {spec!r}; task families are: {', '.join(families)} (e.g. reasoning_gym:basic_arithmetic)")
+        close = difflib.get_close_matches(family, families, n=1)
+        raise AutoDecoError(
+            f"unknown task {spec!r}; task families are: {', '.join(families)} (e.g. reasoning_gym:basic_arithmetic)"
+            + (f"; did you mean {close[0]!r}?" if close else "")
+        )
+    return family, argument, options
+
+
+def load_task(spec: str) -> Task:
+    """The task a command-line name describes; unknown families are listed in the error."""
+    family, argument, options = parse_known_task_spec(spec)
     task = _FAMILIES[family](argument, options)
     task.name = spec
     return task

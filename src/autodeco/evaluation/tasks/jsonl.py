@@ -7,13 +7,13 @@ as a user turn for chat models). Option ``verifier``: exact, numeric (default), 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from autodeco.engine import Prompt
 from autodeco.errors import AutoDecoError
 from autodeco.evaluation.tasks import Problem, Score, Task, register_task, take_options, user_turn
 from autodeco.evaluation.tasks.answers import extract_answer, verifier
+from autodeco.io import read_jsonl
 
 
 class JsonlTask(Task):
@@ -23,17 +23,9 @@ class JsonlTask(Task):
         self.verify = verifier(verifier_name)
 
     def problems(self) -> list[Problem]:
-        if not self.path.is_file():
-            raise AutoDecoError(f"task file {self.path} does not exist; give jsonl:PATH to a file of {{\"prompt\", \"answer\"}} lines")
         problems, seen = [], set()
-        for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
+        for number, record in read_jsonl(self.path, "task file", 'give jsonl:PATH to a file of {"prompt", "answer"} lines'):
             where = f"{self.path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise AutoDecoError(f"{where}: not valid JSON ({error.msg}); each line must be one JSON object") from error
             if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) or not record["prompt"].strip():
                 raise AutoDecoError(f'{where}: needs a non-empty string "prompt"')
             if not isinstance(record.get("answer"), (str, int, float)) or isinstance(record.get("answer"), bool):
