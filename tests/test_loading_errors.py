@@ -248,15 +248,9 @@ def test_prepare_output_dir_names_unwritable_folders(tmp_path, monkeypatch):
         prepare_output_dir(tmp_path / "c", what="eval")
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes to read-only folders")
-def test_init_out_in_a_read_only_folder_is_named(tmp_path, base_dir):
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        assert f"cannot create the heads folder {locked / 'heads'}" in one_error(run("init", "--base", base_dir, "--out", locked / "heads"))
-    finally:
-        locked.chmod(0o700)
+def test_init_out_in_an_unwritable_folder_is_named(tmp_path, base_dir, monkeypatch):
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # the tests run as root, who may write anywhere
+    assert f"the heads folder {tmp_path / 'heads'} is not writable" in one_error(run("init", "--base", base_dir, "--out", tmp_path / "heads"))
 
 
 def test_init_stores_a_relative_base_as_an_absolute_path(tmp_path, base_dir, monkeypatch):
