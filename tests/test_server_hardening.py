@@ -128,48 +128,52 @@ def _error(response: httpx.Response, status: int, *fragments: str) -> dict:
     return error
 
 
-def _gated_model():
-    """A tiny model whose forwards after the first (the prefill) wait for ``model.release``: its
-    rows cannot finish before the test lets them."""
+def _paced_model(step_seconds: float):
+    """A tiny model whose decode steps take ``step_seconds`` each: its tokens keep coming, far
+    more often than a server that polled between them would look for a departed client."""
     torch.manual_seed(1000)
-    gated = AutoDecoModelForCausalLM.from_base(tiny_model("llama"))
-    gated.release, calls, forward = threading.Event(), [], gated.forward
+    paced = AutoDecoModelForCausalLM.from_base(tiny_model("llama"))
+    forward = paced.forward
 
-    def held(*args, **kwargs):
-        calls.append(1)
-        if len(calls) > 1:
-            gated.release.wait(20)
+    def slow(*args, **kwargs):
+        time.sleep(step_seconds)
         return forward(*args, **kwargs)
 
-    gated.forward = held
-    return gated
+    paced.forward = slow
+    return paced
 
 
 class _RecordingScheduler(Scheduler):
-    """Lets the model go on once a job is cancelled."""
+    """Records when a job is cancelled."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.cancelled = threading.Event()
 
     def cancel(self, job) -> None:
         super().cancel(job)
-        self.model.release.set()
+        self.cancelled.set()
 
 
 def test_a_non_streaming_request_whose_client_leaves_frees_its_rows():
-    running = LiveServer(_gated_model(), tiny_tokenizer(), scheduler_class=_RecordingScheduler, max_batch_size=8, max_queue=8)
+    """Its rows decode a token every 50 ms, for about 12 s unless cancelled: the server must
+    notice the client leave while tokens are still arriving."""
+    running = LiveServer(_paced_model(0.05), tiny_tokenizer(), scheduler_class=_RecordingScheduler, max_batch_size=8, max_queue=8)
     try:
         client = _Raw(running)
-        client.send(_post("/v1/completions", {"prompt": "Once upon a time", "max_tokens": 200, "n": 4, "seed": 0}))
+        client.send(_post("/v1/completions", {"prompt": "Once upon a time", "n": 4, "seed": 0, "max_tokens": 240}))
         deadline = time.time() + 20
-        while not running.scheduler.running:  # rows in the batch, held at their second step
+        while running.scheduler.generated_tokens < 4 * 5:  # rows in the batch, a few steps in
             assert time.time() < deadline, "the request never started decoding"
             time.sleep(0.01)
         client.close()
-        assert running.scheduler.model.release.wait(20), "the server never noticed that its client left"
+        assert running.scheduler.cancelled.wait(5), "the server never noticed that its client left"
         while running.scheduler.running:
-            assert time.time() < deadline + 20, "the rows of the abandoned request still decode"
+            assert time.time() < deadline, "the rows of the abandoned request still decode"
             time.sleep(0.01)
+        assert running.scheduler.generated_tokens < 4 * 200  # stopped long before its end
         assert request(running, "GET", "/health").json() == {"status": "ok", "running": 0, "queued": 0}
     finally:
-        running.scheduler.model.release.set()
         running.close()
 
 

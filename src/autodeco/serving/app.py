@@ -33,7 +33,6 @@ from autodeco.serving.scheduler import Job, QueueFull, Scheduler
 from autodeco.serving.server import Authenticate, CatchErrors, CountRequests, Limits, ReadBody
 from autodeco.serving.server import error_response as error
 
-DISCONNECT_POLL_S = 0.5  # how often a waiting non-streaming request checks that its client is still there
 DEFAULT_MAX_TOKENS = 256  # when neither the request nor the model's context sets a length
 _JSON_TYPES = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", list: "an array", dict: "an object", type(None): "null"}
 T = TypeVar("T")
@@ -64,6 +63,14 @@ def _explain(error: dict[str, Any]) -> str:
     if str(error.get("type", "")).endswith("_type") and type(error.get("input")) in _JSON_TYPES:
         message += f", not {_JSON_TYPES[type(error['input'])]}"
     return message
+
+
+async def _disconnected(request: Request) -> None:
+    """Return once the client has gone: the ASGI server's ``http.disconnect``, the only message
+    that comes after a body that has been read. Waiting for it, rather than polling between
+    events, catches a client that leaves while its tokens keep coming."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 class _Metrics:
@@ -203,25 +210,29 @@ def create_app(
         return job
 
     async def collect(request: Request, job: Job) -> list[Completion] | JSONResponse:
-        """Wait for every choice; cancel the job if the client goes away meanwhile."""
+        """Wait for every choice; cancel the job as soon as the client goes away meanwhile."""
         choices = [Completion("", [], "", len(job.prompt)) for _ in job.params]
         first = True
-        while True:
-            try:
-                item = await asyncio.wait_for(job.events.get(), DISCONNECT_POLL_S)
-            except asyncio.TimeoutError:
-                if await request.is_disconnected():
+        client_gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            while True:
+                next_item = asyncio.ensure_future(job.events.get())
+                await asyncio.wait({next_item, client_gone}, return_when=asyncio.FIRST_COMPLETED)
+                if not next_item.done():
+                    next_item.cancel()
                     scheduler.cancel(job)
                     return error(499, "the client closed the request")
-                continue
-            if item is None:
-                return choices
-            if isinstance(item, AutoDecoError):
-                return error(400, str(item))
-            if first:
-                metrics.first_token.observe(time.perf_counter() - job.submitted)
-                first = False
-            choices[item.index].add(item)
+                item = next_item.result()
+                if item is None:
+                    return choices
+                if isinstance(item, AutoDecoError):
+                    return error(400, str(item))
+                if first:
+                    metrics.first_token.observe(time.perf_counter() - job.submitted)
+                    first = False
+                choices[item.index].add(item)
+        finally:
+            client_gone.cancel()
 
     async def events(request: Request, job: Job) -> AsyncIterator[StreamEvent | AutoDecoError]:
         """The job's events as they come, those that piled up meanwhile merged per choice (one
