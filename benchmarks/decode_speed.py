@@ -1,5 +1,6 @@
 """Decoding speed: our greedy, AutoDeco and static sampling vs Hugging Face ``generate`` (greedy and
-``do_sample=True, temperature=0.7, top_p=0.9``), same model, prompts and new tokens, in one run;
+``do_sample=True, temperature=0.7, top_p=0.9`` on the base; and AutoDeco through Hugging Face's own
+``generate`` on ``AutoDecoModelForCausalLM``), same model, prompts and new tokens, in one run;
 prefill and decode timed apart. Then the sampler alone on real [B, V] logits against the sort-based
 reference and Hugging Face's warpers.
 
@@ -41,6 +42,7 @@ from machine import machine_info, machine_line  # benchmarks/machine.py
 RESULTS = Path(__file__).parent / "results"
 GREEDY, AUTODECO, STATIC = "ours: greedy", "ours: AutoDeco", "ours: static T=0.7 P=0.9"
 HF_GREEDY, HF_SAMPLED = "HF generate: greedy", "HF generate: T=0.7 P=0.9"
+HF_AUTODECO = "HF generate: AutoDeco"  # transformers' generate() on AutoDecoModelForCausalLM
 PROMPTS = (
     "Question: Calculate 48 + 37.\nAnswer:",
     "Question: Sara has 5 pencils. She gives 2 to Tom. How many pencils does Sara have left?\nAnswer:",
@@ -99,13 +101,14 @@ def timed_ours(model, ids, mask, params: SamplingParams) -> tuple[float, float]:
     return stamps[0] - start, stamps[-1] - stamps[0]
 
 
-def timed_hf(base, ids, mask, new_tokens: int, **sampling) -> tuple[float, float]:
+def timed_hf(model, ids, mask, new_tokens: int, **sampling) -> tuple[float, float]:
+    """Hugging Face ``generate`` on ``model`` (the base, or AutoDecoModelForCausalLM): the same two timings.
+    No EOS (``eos_token_id=[]``) rather than ``min_new_tokens``, whose processor would run before
+    AutoDeco's and keep it from reusing the heads' softmax."""
     clock = _StepClock()
     start = time.perf_counter()
     with torch.no_grad():
-        out = base.generate(
-            ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0, streamer=clock, **sampling
-        )
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, eos_token_id=[], pad_token_id=0, streamer=clock, **sampling)
     assert out.shape[1] == ids.shape[1] + new_tokens and len(clock.times) == new_tokens + 1
     return clock.times[1] - start, clock.times[-1] - clock.times[1]
 
@@ -123,6 +126,7 @@ def decode_rows(model, base, tokenizer, batches: list[int], new_tokens: int, rep
             HF_GREEDY: lambda: timed_hf(base, ids, mask, new_tokens, do_sample=False),
             # top_k=0: no top-k cut, the same distribution as ours (HF's default would add top_k=50)
             HF_SAMPLED: lambda: timed_hf(base, ids, mask, new_tokens, do_sample=True, temperature=0.7, top_p=0.9, top_k=0),
+            HF_AUTODECO: lambda: timed_hf(model, ids, mask, new_tokens, seed=0),
         }
         for run in contenders.values():  # warm-up: allocator, kernels, caches
             run()
@@ -225,6 +229,8 @@ def main() -> None:
             "autodeco_vs_hf_sampled": decode_tps(batch, AUTODECO) / decode_tps(batch, HF_SAMPLED),
             "static_vs_hf_sampled": decode_tps(batch, STATIC) / decode_tps(batch, HF_SAMPLED),
             "greedy_vs_hf_greedy": decode_tps(batch, GREEDY) / decode_tps(batch, HF_GREEDY),
+            "hf_autodeco_vs_hf_sampled": decode_tps(batch, HF_AUTODECO) / decode_tps(batch, HF_SAMPLED),
+            "hf_autodeco_vs_autodeco": decode_tps(batch, HF_AUTODECO) / decode_tps(batch, AUTODECO),
         }
         for batch in batches
     }
@@ -243,8 +249,14 @@ def main() -> None:
         "| batch | contender | first token (ms) | decode tokens/s | end to end tokens/s |", "|---:|---|---:|---:|---:|",
     ]
     lines += [f"| {r['batch']} | {r['contender']} | {r['first_token_ms']:.0f} | {r['decode_tokens_per_s']:.1f} | {r['tokens_per_s']:.1f} |" for r in decoding]
-    lines += ["", "Decode tokens/s ratios:", "", "| batch | AutoDeco / our greedy | AutoDeco / HF sampled | static / HF sampled | greedy / HF greedy |", "|---:|---:|---:|---:|---:|"]
-    lines += [f"| {b} | {r['autodeco_vs_our_greedy']:.2f}x | {r['autodeco_vs_hf_sampled']:.2f}x | {r['static_vs_hf_sampled']:.2f}x | {r['greedy_vs_hf_greedy']:.2f}x |" for b, r in ratios.items()]
+    lines += ["", "Decode tokens/s ratios:", "",
+              "| batch | AutoDeco / our greedy | AutoDeco / HF sampled | static / HF sampled | greedy / HF greedy | HF AutoDeco / HF sampled | HF AutoDeco / our AutoDeco |",
+              "|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        f"| {b} | {r['autodeco_vs_our_greedy']:.2f}x | {r['autodeco_vs_hf_sampled']:.2f}x | {r['static_vs_hf_sampled']:.2f}x | {r['greedy_vs_hf_greedy']:.2f}x "
+        f"| {r['hf_autodeco_vs_hf_sampled']:.2f}x | {r['hf_autodeco_vs_autodeco']:.2f}x |"
+        for b, r in ratios.items()
+    ]
     lines += ["", f"The sampler alone on [B, {vocab}] logits of the prompts' positions (best of {args.sampler_calls} calls for ours):", "",
               "| batch | T, P | sampler | ms per call | ours is faster by |", "|---:|---|---|---:|---:|"]
     lines += [f"| {r['batch']} | {r['setting']} | {r['sampler']} | {r['ms']:.2f} | {r['speedup_of_ours']:.1f}x |" for r in sampler]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from autodeco import AutoDecoError, SamplingParams, generate, stream
-from autodeco.decoding import left_pad
+from autodeco.decoding import decode_to_tensors, left_pad
 
 PROMPTS = ["Question: What is 2 + 3? Answer:", "Once", "A journey of a thousand miles begins"]
 
@@ -133,7 +133,7 @@ def test_context_limit(make_model, tokenizer):
     with pytest.raises(AutoDecoError, match="context is 256 positions"):
         generate(model, tokenizer, "x" * 600, SamplingParams(max_new_tokens=4))
     near_limit = [1] + [40] * 250
-    sequences = model.generate(torch.tensor([near_limit]), max_new_tokens=50, do_sample=False, eos_token_id=[])
+    sequences, _, _ = decode_to_tensors(model, torch.tensor([near_limit]), None, SamplingParams(max_new_tokens=50, decoding="greedy"), set(), 0)
     assert sequences.shape[1] == 256  # stopped by the context, not by max_new_tokens
 
 

@@ -9,7 +9,8 @@ from safetensors.torch import load_file, save_file
 
 from autodeco import AutoDecoError, AutoDecoModelForCausalLM
 from autodeco.heads import AutoDecoHeads, SoftmaxOut, probability_statistics
-from autodeco.sampling import CANDIDATES
+from autodeco.decoding import decode_to_tensors
+from autodeco.sampling import CANDIDATES, SamplingParams
 from autodeco.tiny import TINY_ARCHITECTURES, tiny_model
 
 
@@ -246,15 +247,18 @@ def test_hugging_face_style_generate(make_model):
 
 
 def test_hugging_face_assisted_generation_is_exact(make_model):
-    """assistant_model= and prompt_lookup_num_tokens= give the sequences of plain generate (seeded)."""
+    """assistant_model= and prompt_lookup_num_tokens= run autodeco's speculative decoding: the
+    sequences of its engine without drafts (seeded), whatever the drafts."""
     model = make_model("llama")
     ids = torch.tensor([[0, 0, 1, 70, 71, 70, 71], [1, 72, 73, 74, 75, 72, 73]])
     mask = (ids != 0).long()
-    plain = model.generate(ids, attention_mask=mask, max_new_tokens=12, seed=3, return_dict_in_generate=True)
+    plain, temperatures, _ = decode_to_tensors(model, ids, mask, SamplingParams(max_new_tokens=12, seed=3), {2}, 0)
     for extra in ({"assistant_model": tiny_model("llama", seed=5), "num_assistant_tokens": 3}, {"assistant_model": model}, {"prompt_lookup_num_tokens": 4}):
         assisted = model.generate(ids, attention_mask=mask, max_new_tokens=12, seed=3, return_dict_in_generate=True, **extra)
-        assert torch.equal(assisted.sequences, plain.sequences), sorted(extra)
-        torch.testing.assert_close(assisted.temperatures, plain.temperatures, rtol=1e-4, atol=1e-5)
+        assert torch.equal(assisted.sequences, plain), sorted(extra)
+        torch.testing.assert_close(assisted.temperatures, temperatures, rtol=1e-4, atol=1e-5)
+    with pytest.raises(AutoDecoError, match="does not support \\['repetition_penalty'\\]"):
+        model.generate(ids, attention_mask=mask, prompt_lookup_num_tokens=4, repetition_penalty=1.3)
 
 
 def test_merged_dir_in_the_released_layout_loads(tmp_path, make_model):

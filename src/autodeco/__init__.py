@@ -1,7 +1,8 @@
 """autodeco: learned per-token temperature and top-p for any Hugging Face causal LM.
 
-The public names load on first use, so that ``import autodeco.integrations.vllm`` (which vLLM
-runs in every process it starts) pulls in only the torch-level modules it needs.
+Importing it registers the ``autodeco`` model type with transformers' ``AutoConfig`` and
+``AutoModelForCausalLM`` (:mod:`autodeco.modeling`), so that ``AutoModelForCausalLM.from_pretrained``
+loads AutoDeco dirs with no ``trust_remote_code``. The other public names load on first use.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     from autodeco.speculative import Speculation, make_speculation
 
 __version__ = "0.1.0"
+
+import_module("autodeco.modeling")  # registers AutoDeco with transformers' auto classes
 __all__ = sorted(_EXPORTS)
 
 

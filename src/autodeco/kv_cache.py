@@ -30,7 +30,7 @@ def forward_with_cache(model: Any, cache: Any, **inputs: Any) -> tuple[Any, Any]
     version uses: ``cache`` from transformers 5.2x, ``past_key_values`` before (the vLLM plugin's
     environments pin 5.16-5.19)."""
     out = model(**inputs, **{_cache_keyword(type(model)): cache})
-    return out, out.get("cache", out.get("past_key_values"))
+    return out, next((out[key] for key in ("cache", "past_key_values") if key in out.keys()), None)  # keys(): no renaming warning
 
 
 @functools.cache

@@ -10,6 +10,8 @@ Checkpoint formats (both as released, spec section 2):
 
 from __future__ import annotations
 
+import copy
+import inspect
 import json
 import logging
 import os
@@ -23,16 +25,24 @@ import torch
 from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors import SafetensorError
 from torch import nn
-from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel
-from transformers.utils import ModelOutput
+from transformers import (
+    AutoConfig, AutoModelForCausalLM, GenerationConfig, GenerationMixin, LogitsProcessorList, PretrainedConfig, PreTrainedModel,
+    PreTrainedTokenizerBase, StoppingCriteriaList,
+)
+from transformers.generation.utils import GenerateDecoderOnlyOutput
+from transformers.utils import ModelOutput, TransformersKwargs
 
-from autodeco.configuration import MERGED_PREFIX, base_config, check_autodeco_fields
+from autodeco.configuration import MERGED_PREFIX, AutoDecoConfig, base_config, check_autodeco_fields
 from autodeco.decoding import decode_to_tensors
 from autodeco.errors import AutoDecoError
+from autodeco.generation import (
+    AutoDecoLogitsProcessor, GenerationTrace, RecordingStoppingCriteria, autodeco_generation_config, changed_fields,
+    check_generation_config, check_speculative_config,
+)
 from autodeco.heads import AutoDecoHeads, SoftmaxOut, heads_from_tensors
 from autodeco.io import INDEX_NAME, atomic_save_tensors, atomic_write_text, open_safetensors, read_json_object, safetensors_files
 from autodeco.kv_cache import forward_with_cache
-from autodeco.models import MODEL_ALIASES, resolve_heads, resolve_model
+from autodeco.models import MODEL_ALIASES, load_tokenizer, resolve_heads, resolve_model
 from autodeco.sampling import SamplingParams
 
 CONFIG_NAME = "config.json"
@@ -47,7 +57,8 @@ class AutoDecoOutput(ModelOutput):
     name ``past_key_values`` reads the same object). ``probs [B, L, V]``, when asked for, is the
     float32 softmax(logits / (T + 1e-8)) the top-p head's statistics were computed on, up to a
     factor per row (its largest entry is 1), and ``probs_top_ids [B, L, CANDIDATES]`` the ids of
-    its largest entries, descending."""
+    its largest entries, descending. ``hidden_states`` and ``attentions`` are the base's, when
+    asked for with ``output_hidden_states`` / ``output_attentions``."""
 
     logits: torch.Tensor | None = None
     temperature: torch.Tensor | None = None
@@ -55,6 +66,8 @@ class AutoDecoOutput(ModelOutput):
     cache: Any = None
     probs: torch.Tensor | None = None
     probs_top_ids: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
 
     @property
     def past_key_values(self) -> Any:
@@ -62,21 +75,33 @@ class AutoDecoOutput(ModelOutput):
 
 
 @dataclass
-class AutoDecoGenerateOutput(ModelOutput):
-    """What ``generate(..., return_dict_in_generate=True)`` returns: the sequences (prompt and new
-    tokens, padded after each row's end) and the T and P used for every new token."""
+class AutoDecoGenerateOutput(GenerateDecoderOnlyOutput):
+    """What ``generate(..., return_dict_in_generate=True)`` returns: Hugging Face's output
+    (sequences, and scores, logits, attentions, hidden states when asked for) plus the T and P
+    used for every new token, ``[B, steps]`` (0 after a row's end)."""
 
-    sequences: torch.Tensor | None = None
     temperatures: torch.Tensor | None = None
     top_ps: torch.Tensor | None = None
 
 
-class AutoDecoModelForCausalLM(nn.Module):
-    """A frozen base causal LM (``self.llm``) and the AutoDeco heads (``self.heads``).
+class AutoDecoModelForCausalLM(PreTrainedModel, GenerationMixin):
+    """A frozen base causal LM (``self.llm``) and the AutoDeco heads (``self.heads``), as a
+    transformers model: ``AutoModelForCausalLM.from_pretrained(heads_dir)`` loads it once
+    ``autodeco`` is imported, and ``generate()`` is transformers' own, with the learned T and P
+    entering as a logits processor (:mod:`autodeco.generation`).
 
     The heads read the tensor the base feeds its LM head, captured by a forward hook, so every
     architecture works unchanged (final norms, logit soft-capping and all stay the base's own).
     """
+
+    config_class = AutoDecoConfig
+    base_model_prefix = "llm"
+    main_input_name = "input_ids"
+    # attention runs in the base, with the base's own implementation
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
 
     def __init__(
         self,
@@ -84,17 +109,21 @@ class AutoDecoModelForCausalLM(nn.Module):
         heads: AutoDecoHeads,
         base_name_or_path: str | None = None,
     ) -> None:
-        super().__init__()
         hidden_size = base_hidden_size(llm.config)
         if heads.hidden_size != hidden_size:
             raise AutoDecoError(
                 f"the heads expect hidden size {heads.hidden_size} but the base has hidden size {hidden_size}: "
                 "these heads were trained for another base model; pass the base they were made for"
             )
+        base_name = base_name_or_path or getattr(llm, "name_or_path", "") or ""
+        fields = released_config(llm.config, heads, base_name)
+        super().__init__(AutoDecoConfig(**{k: v for k, v in fields.items() if k != "model_type"}, text_config=llm.config))
         self.llm = llm
         self.heads = heads.to(device=llm.get_output_embeddings().weight.device)
-        self.base_name_or_path = base_name_or_path or getattr(llm, "name_or_path", "") or ""
+        self.base_name_or_path = base_name
+        self.generation_config = autodeco_generation_config(llm.generation_config)
         self._lm_head_input: torch.Tensor | None = None
+        self._trace: GenerationTrace | None = None  # set while transformers' generate() runs
         llm.get_output_embeddings().register_forward_pre_hook(self._capture_lm_head_input)
         llm.requires_grad_(False)
 
@@ -138,10 +167,16 @@ class AutoDecoModelForCausalLM(nn.Module):
         dtype: torch.dtype | str = "auto",
         device: str | torch.device | None = None,
         trust_remote_code: bool = False,
+        **hf_kwargs: Any,
     ) -> "AutoDecoModelForCausalLM":
         """Load a heads-only dir (base from ``base_model_name_or_path`` unless ``base`` overrides
         it), a merged dir (``llm.*`` tensors; ``base`` must then be None), or heads shipped with
-        the package by name (e.g. ``"gemma-3-270m"``)."""
+        the package by name (e.g. ``"gemma-3-270m"``).
+
+        ``AutoModelForCausalLM.from_pretrained(path, ...)`` lands here too: its ``torch_dtype``
+        and a single-device ``device_map`` are read as ``dtype`` and ``device``; the config it
+        read is read again here; other loading options are refused, naming them."""
+        dtype, device = _hf_loading_options(dtype, device, hf_kwargs)
         check_device(device)  # before the heads and the slow base
         directory = resolve_heads(path)
         config = read_autodeco_config(directory)
@@ -160,23 +195,16 @@ class AutoDecoModelForCausalLM(nn.Module):
         base_name = base_reference(base_ref) if isinstance(base_ref, (str, os.PathLike)) else config.get("base_model_name_or_path")
         return cls(llm, heads, base_name_or_path=base_name)
 
+    def load_tokenizer(self, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+        """The base's tokenizer: from its folder or hub id, or for an alias such as the shipped
+        heads' ``gemma-3-270m`` from its converted cache folder (no hub call; a plain
+        ``AutoTokenizer.from_pretrained("gemma-3-270m")`` would ask the hub for that name)."""
+        return load_tokenizer(self.base_name_or_path, trust_remote_code=trust_remote_code)
+
     # ------------------------------------------------------------------ saving
     def autodeco_config(self) -> dict[str, Any]:
         """The released config.json: the base config's fields plus the autodeco fields."""
-        base = self.llm.config.to_dict()
-        hidden = self.heads.hidden_size
-        return {
-            **base,
-            "model_type": "autodeco",
-            "architectures": ["AutoDecoModelForCausalLM"],
-            "base_model_name_or_path": self.base_name_or_path,
-            "base_model_type": base["model_type"],
-            "enable_temperature_head": self.heads.enable_temperature_head,
-            "enable_top_p_head": self.heads.enable_top_p_head,
-            "use_enhanced_features": self.heads.top_p_head.use_enhanced_features,
-            "temperature_hidden_size": hidden,
-            "top_p_hidden_size": hidden,
-        }
+        return released_config(self.llm.config, self.heads, self.base_name_or_path)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write the released heads-only format: config.json + model.safetensors (8 tensors).
@@ -211,11 +239,6 @@ class AutoDecoModelForCausalLM(nn.Module):
 
     # ------------------------------------------------------------------ forward
     @property
-    def config(self):
-        """The base model's config (vocabulary, special tokens, context length ...)."""
-        return self.llm.config
-
-    @property
     def device(self) -> torch.device:
         return self.llm.device
 
@@ -244,10 +267,13 @@ class AutoDecoModelForCausalLM(nn.Module):
         ``compute_heads=False`` skips the heads (T and P are None): what static baselines pay.
         ``return_probs=True`` also returns the softmax the top-p head computed, unnormalised, and
         its most likely ids (None when its checkpoint uses no statistics), for decoding to sample
-        from at the learned T.
+        from at the learned T. Other keywords (``output_attentions``, ``return_dict`` ...) go
+        to the base.
         """
         if past_key_values is not None and cache is not None:
             raise AutoDecoError("pass the KV cache once, as cache= or past_key_values=, not both")
+        trace = self._trace
+        return_probs = return_probs or (trace is not None and trace.wants_probs)
         self._lm_head_input = None
         out, out_cache = forward_with_cache(
             self.llm,
@@ -261,79 +287,214 @@ class AutoDecoModelForCausalLM(nn.Module):
             **kwargs,
         )
         hidden, self._lm_head_input = self._lm_head_input, None
+        base_outputs = {"hidden_states": out.get("hidden_states"), "attentions": out.get("attentions")}
         if not compute_heads:
-            return AutoDecoOutput(logits=out.logits, cache=out_cache)
+            return AutoDecoOutput(logits=out.logits, cache=out_cache, **base_outputs)
         if hidden is None:
             raise AutoDecoError(f"{type(self.llm).__name__} did not call its output embedding; AutoDeco needs a causal LM head")
         softmax = SoftmaxOut.empty_for(out.logits) if return_probs and self.heads.computes_probabilities else None
         temperature, top_p = self.heads(hidden, out.logits, softmax)
+        if trace is not None:  # what the logits processor of transformers' generate() samples with
+            trace.last = (temperature[:, -1], top_p[:, -1], *((None, None) if softmax is None else (softmax.probs[:, -1], softmax.top_ids[:, -1])))
         return AutoDecoOutput(
             logits=out.logits, temperature=temperature, top_p=top_p, cache=out_cache,
-            probs=None if softmax is None else softmax.probs, probs_top_ids=None if softmax is None else softmax.top_ids,
+            probs=None if softmax is None else softmax.probs, probs_top_ids=None if softmax is None else softmax.top_ids, **base_outputs,
         )
 
-    # ------------------------------------------------------------------ Hugging Face style generate
+    # ------------------------------------------------------------------ transformers' generate
     @torch.no_grad()
     def generate(
         self,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        *,
+        inputs: torch.Tensor | None = None,
         generation_config: GenerationConfig | None = None,
-        max_new_tokens: int | None = None,
-        do_sample: bool | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        min_p: float | None = None,
-        eos_token_id: int | list[int] | None = None,
-        pad_token_id: int | None = None,
+        logits_processor: LogitsProcessorList | None = None,
+        stopping_criteria: StoppingCriteriaList | None = None,
+        *,
+        assistant_model: Any = None,
         seed: int | None = None,
-        return_dict_in_generate: bool | None = None,
-        **unsupported: Any,
+        **kwargs: Any,
     ) -> torch.Tensor | AutoDecoGenerateOutput:
-        """Drop-in for ``PreTrainedModel.generate`` that decodes with the learned T and P.
+        """Transformers' ``generate()``, decoding with the learned T and P.
 
         ``temperature`` and ``top_p`` act as multipliers on the learned values (the released
-        serving semantics: 1 and 1 mean pure AutoDeco); ``do_sample=False`` or ``temperature=0``
-        is greedy. Returns the prompt plus new tokens, padded with ``pad_token_id`` after each
-        row's end, as Hugging Face does; or, with ``return_dict_in_generate=True``, also the T
-        and P used per new token. From ``generation_config`` (default: the base's) only
-        max_new_tokens, eos/pad ids and return_dict_in_generate are read: its sampling settings
-        are what the heads replace. Beam search and other search strategies are refused.
-        Assisted generation is exact speculative decoding here: ``assistant_model=`` (its greedy
-        drafts, ``num_assistant_tokens`` per step) or ``prompt_lookup_num_tokens=N`` (n-gram drafts).
+        serving semantics: 1 and 1 mean pure AutoDeco); ``do_sample=False`` (or temperature 0)
+        is greedy; ``top_k`` cuts before the nucleus. Every other feature is transformers' own
+        (streamers, ``num_return_sequences``, stopping criteria and ``stop_strings``, penalties,
+        ``output_scores``: the log of the AutoDeco distribution up to a constant per row ...); the
+        few with no meaning under learned T and P (beam search and its fields, guidance ...)
+        raise :class:`AutoDecoError` (see :mod:`autodeco.generation`). With
+        ``return_dict_in_generate=True`` the output also holds the T and P used per new token.
+        ``seed`` seeds torch's generator for this call only.
+
+        Assisted generation is exact speculative decoding here, on autodeco's own engine:
+        ``assistant_model=`` (its greedy drafts, ``num_assistant_tokens`` per step) or
+        ``prompt_lookup_num_tokens=N`` (n-gram drafts); it gives what that engine gives without
+        drafts, seed for seed (transformers' own assisted sampling with a logits processor is not
+        exact). It honours the fields of :data:`autodeco.generation.SPECULATIVE_FIELDS`.
         """
-        config = generation_config or self.llm.generation_config
-        speculation = _speculation(
-            unsupported.pop("assistant_model", None), unsupported.pop("num_assistant_tokens", None), unsupported.pop("prompt_lookup_num_tokens", None)
-        )
-        ignored = {k: v for k, v in unsupported.items() if v not in (None, False, 1)}  # 1, False: the HF defaults
-        if ignored:
-            raise AutoDecoError(
-                f"generate() does not support {sorted(ignored)}; AutoDeco samples one sequence per row "
-                "(no beam search): use the arguments documented on AutoDecoModelForCausalLM.generate"
-            )
+        input_ids = inputs if inputs is not None else kwargs.get("input_ids")
+        mask = kwargs.get("attention_mask")
+        if mask is not None and mask.dim() == 2 and bool((mask[:, -1] == 0).any()):
+            raise AutoDecoError("the batch is right-padded; pad on the left (tokenizer.padding_side = 'left') so every row ends with its last token")
+        if assistant_model is not None or kwargs.get("prompt_lookup_num_tokens") or getattr(generation_config, "prompt_lookup_num_tokens", None):
+            if logits_processor or stopping_criteria:
+                raise AutoDecoError("assisted generation (exact speculative decoding) takes no logits_processor or stopping_criteria; drop them, or the assistant")
+            return self._generate_speculative(input_ids, generation_config, assistant_model, seed, kwargs)
+        refused = sorted(k for k in _REFUSED_ARGUMENTS if kwargs.get(k) is not None)
+        if refused:
+            raise AutoDecoError(f"generate() with AutoDeco does not support {refused[0]}: {_REFUSED_ARGUMENTS[refused[0]]}")
+        config = self._prepare_generation_config(generation_config, **kwargs)[0]  # what transformers will resolve
+        check_generation_config(config, config.get_generation_mode(), self._default_generation_config())
+        outer, self._trace = self._trace, GenerationTrace()  # outer: token healing calls generate() inside generate()
+        trace = self._trace
+        try:
+            with _seeded(seed, self.device):
+                result = super().generate(inputs, generation_config, logits_processor, stopping_criteria, **kwargs)
+        finally:
+            self._trace = outer
+        if not isinstance(result, ModelOutput):
+            return result
+        steps = result.sequences.shape[1] - (input_ids.shape[1] if input_ids is not None else 0)
+        temperatures, top_ps = trace.per_token(steps)
+        return AutoDecoGenerateOutput(**result, temperatures=temperatures, top_ps=top_ps)
+
+    def _default_generation_config(self) -> GenerationConfig:
+        """This model's generation config with transformers' defaults filled in: what a field
+        set by the caller is compared with."""
+        return self._prepare_generation_config(None)[0]
+
+    def _generate_speculative(
+        self, input_ids: torch.Tensor | None, generation_config: GenerationConfig | None, assistant_model: Any, seed: int | None, kwargs: dict[str, Any]
+    ) -> torch.Tensor | AutoDecoGenerateOutput:
+        """Assisted generation as autodeco's exact speculative decoding (see :meth:`generate`)."""
+        attention_mask = kwargs.pop("attention_mask", None)
+        kwargs.pop("input_ids", None)
+        config, model_kwargs = self._prepare_generation_config(generation_config, **kwargs)
+        if model_kwargs:
+            raise AutoDecoError(f"assisted generation (exact speculative decoding) does not take {sorted(model_kwargs)}; drop them, or the assistant")
+        reference = self._default_generation_config()
+        check_speculative_config(config, reference)
         if input_ids is None:
             raise AutoDecoError("generate() needs input_ids (a [batch, length] tensor of token ids)")
-        sample = do_sample if do_sample is not None else True
-        scale_t = temperature if temperature is not None else 1.0
+        budget = config.max_new_tokens if config.max_new_tokens is not None else config.max_length - input_ids.shape[1]
+        if budget < 1:
+            raise AutoDecoError(f"no new tokens to generate (max_new_tokens={budget}); ask for at least 1")
+        sample = bool(config.do_sample)
         params = SamplingParams(
-            temperature_scale=scale_t if sample else 0.0,
-            top_p_scale=top_p if top_p is not None else 1.0,
-            top_k=top_k or 0,
-            min_p=min_p or 0.0,
-            max_new_tokens=max_new_tokens or config.max_new_tokens or 20,
-            seed=seed,
+            temperature_scale=config.temperature if sample else 0.0, top_p_scale=config.top_p,
+            top_k=config.top_k or 0, min_p=config.min_p or 0.0, max_new_tokens=budget, seed=seed,
         )
-        eos = eos_token_id if eos_token_id is not None else config.eos_token_id
+        draft_tokens = config.num_assistant_tokens if "num_assistant_tokens" in changed_fields(config, reference) else None
+        speculation = _speculation(assistant_model, draft_tokens, config.prompt_lookup_num_tokens)
+        eos = config.eos_token_id
         eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
-        pad = pad_token_id if pad_token_id is not None else (config.pad_token_id if config.pad_token_id is not None else min(eos_ids, default=0))
+        pad = config.pad_token_id if config.pad_token_id is not None else min(eos_ids, default=0)
         sequences, temperatures, top_ps = decode_to_tensors(self, input_ids, attention_mask, params, eos_ids, pad, speculation)
-        return_dict = return_dict_in_generate if return_dict_in_generate is not None else config.return_dict_in_generate
-        if return_dict:
+        if config.return_dict_in_generate:
             return AutoDecoGenerateOutput(sequences=sequences, temperatures=temperatures, top_ps=top_ps)
         return sequences
+
+    # transformers' generate() hooks
+    def prepare_inputs_for_generation(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The base's own input preparation (some architectures have their own): our forward takes what the base's does."""
+        return self.llm.prepare_inputs_for_generation(*args, **kwargs)
+
+    def _validate_model_kwargs(self, model_kwargs: dict[str, Any]) -> None:
+        accepted = {
+            *inspect.signature(self.llm.forward).parameters, *inspect.signature(self.llm.prepare_inputs_for_generation).parameters,
+            *inspect.signature(self.forward).parameters, *TransformersKwargs.__optional_keys__,
+        }
+        unused = sorted(k for k, v in model_kwargs.items() if v is not None and k not in accepted)
+        if unused:
+            hint = " (the tokenizer returned token_type_ids: call it with return_token_type_ids=False)" if "token_type_ids" in unused else ""
+            raise AutoDecoError(
+                f"generate() got {unused}, which {type(self.llm).__name__} does not take{hint}; drop them "
+                "(a misspelt generation argument shows up here too)"
+            )
+
+    def _get_logits_processor(self, generation_config: GenerationConfig, *args: Any, **kwargs: Any) -> LogitsProcessorList:
+        """Transformers' processors with the AutoDeco processor inserted after those that change
+        the logits and before the warpers that cut a distribution; transformers' temperature,
+        top-k and top-p warpers are left out (the AutoDeco processor applies them)."""
+        trace = self._trace
+        if trace is None:
+            raise AutoDecoError("AutoDeco's logits processor exists only inside generate(); call model.generate")
+        sample = bool(generation_config.do_sample)
+        temperature = generation_config.temperature if generation_config.temperature is not None else 1.0
+        top_p = generation_config.top_p if generation_config.top_p is not None else 1.0
+        top_k = generation_config.top_k or 0
+        SamplingParams(temperature_scale=temperature, top_p_scale=top_p, top_k=top_k)  # checks them: AutoDecoError naming a bad one
+        without_ours = copy.copy(generation_config)
+        without_ours.temperature = without_ours.top_p = without_ours.top_k = None
+        before_warpers = copy.copy(without_ours)
+        before_warpers.do_sample, before_warpers.watermarking_config, before_warpers.renormalize_logits = False, None, False
+        processors = super()._get_logits_processor(without_ours, *args, **kwargs)
+        position = len(super()._get_logits_processor(before_warpers, *args, **kwargs))
+        # at the heads' own T on untouched logits, the top-p head's softmax is the one to sample from
+        trace.wants_probs = sample and position == 0 and temperature == 1.0 and not top_k
+        processors.insert(position, AutoDecoLogitsProcessor(trace, temperature, top_p, top_k, trace.wants_probs, greedy_search=not sample))
+        return processors
+
+    def _get_stopping_criteria(self, *args: Any, **kwargs: Any) -> StoppingCriteriaList:
+        criteria = super()._get_stopping_criteria(*args, **kwargs)
+        return criteria if self._trace is None else RecordingStoppingCriteria(criteria, self._trace)
+
+
+# Arguments of transformers' generate() (not GenerationConfig fields) that AutoDeco refuses, and why.
+_REFUSED_ARGUMENTS = {
+    "custom_generate": "a custom decoding loop would bypass the learned T and P; use the default loop",
+    "synced_gpus": "multi-GPU synced generation is not supported; drop it",
+    "negative_prompt_ids": "it applies to classifier-free guidance (guidance_scale), which AutoDeco refuses; drop it",
+    "negative_prompt_attention_mask": "it applies to classifier-free guidance (guidance_scale), which AutoDeco refuses; drop it",
+}
+
+
+@contextmanager
+def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Torch's generator seeded with ``seed`` inside the block and restored after (nothing when None)."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+def released_config(llm_config: PretrainedConfig, heads: AutoDecoHeads, base_name_or_path: str) -> dict[str, Any]:
+    """The released config.json of a base config and heads: the base config's fields plus the autodeco fields."""
+    base = llm_config.to_dict()
+    hidden = heads.hidden_size
+    return {
+        **base,
+        "model_type": "autodeco",
+        "architectures": ["AutoDecoModelForCausalLM"],
+        "base_model_name_or_path": base_name_or_path,
+        "base_model_type": base["model_type"],
+        "enable_temperature_head": heads.enable_temperature_head,
+        "enable_top_p_head": heads.enable_top_p_head,
+        "use_enhanced_features": heads.top_p_head.use_enhanced_features,
+        "temperature_hidden_size": hidden,
+        "top_p_hidden_size": hidden,
+    }
+
+
+# Options AutoModelForCausalLM.from_pretrained passes along that loading a local AutoDeco dir does not need.
+_HF_PASSED_THROUGH = ("config", "_from_auto", "adapter_kwargs", "local_files_only", "revision", "cache_dir", "_commit_hash")
+
+
+def _hf_loading_options(dtype: torch.dtype | str, device: str | torch.device | None, hf_kwargs: dict[str, Any]) -> tuple[torch.dtype | str, str | torch.device | None]:
+    """(dtype, device) with transformers' spellings (``torch_dtype``, a one-device ``device_map``)
+    folded in; any other option raises :class:`AutoDecoError` naming it."""
+    options = {k: v for k, v in hf_kwargs.items() if k not in _HF_PASSED_THROUGH and v is not None and v != {}}
+    dtype = options.pop("torch_dtype", dtype)
+    device_map = options.pop("device_map", None)
+    if isinstance(device_map, (str, torch.device, int)) and device_map not in ("auto", "balanced", "sequential"):
+        device = device_map
+    elif device_map is not None:
+        raise AutoDecoError(f"device_map={device_map!r} is not supported: AutoDeco loads onto one device; pass device_map='cpu', 'cuda:0' ... or device=")
+    if options:
+        raise AutoDecoError(f"AutoDecoModelForCausalLM.from_pretrained does not support {sorted(options)}; it takes base=, dtype=, device=, trust_remote_code=")
+    return dtype, device
 
 
 def _speculation(assistant_model: Any, num_assistant_tokens: int | None, prompt_lookup_num_tokens: int | None) -> Any:
@@ -577,7 +738,11 @@ def check_logits_from_hidden(llm: PreTrainedModel, input_ids: torch.Tensor, atte
         )
 
 
+# `import autodeco` imports this module: from then on AutoConfig and AutoModelForCausalLM load AutoDeco dirs
+AutoConfig.register(AutoDecoConfig.model_type, AutoDecoConfig, exist_ok=True)
+AutoModelForCausalLM.register(AutoDecoConfig, AutoDecoModelForCausalLM, exist_ok=True)
+
 __all__ = [
     "AutoDecoGenerateOutput", "AutoDecoModelForCausalLM", "AutoDecoOutput", "check_logits_from_hidden",
-    "base_reference", "check_device", "final_hidden_states", "load_base", "load_heads", "logits_from_hidden", "read_autodeco_config",
+    "base_reference", "check_device", "released_config", "final_hidden_states", "load_base", "load_heads", "logits_from_hidden", "read_autodeco_config",
 ]
