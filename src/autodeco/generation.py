@@ -61,6 +61,13 @@ REFUSED_FIELDS: dict[str, str] = {
     "assistant_ensemble_weight": _ASSIST,
     "max_matching_ngram_size": _ASSIST,
 }
+# generate() arguments outside GenerationConfig that are refused the same way.
+REFUSED_ARGUMENTS = {
+    "custom_generate": "a custom decoding loop would bypass the learned T and P; use the default loop",
+    "synced_gpus": "multi-GPU synced generation is not supported; drop it",
+    "negative_prompt_ids": "it applies to classifier-free guidance (guidance_scale), which AutoDeco refuses; drop it",
+    "negative_prompt_attention_mask": "it applies to classifier-free guidance (guidance_scale), which AutoDeco refuses; drop it",
+}
 # Fields exact assisted generation (autodeco's speculative decoding) honours; any other one
 # changed from the model's default is refused on that route.
 SPECULATIVE_FIELDS = frozenset({

@@ -36,7 +36,7 @@ from autodeco.configuration import MERGED_PREFIX, AutoDecoConfig, base_config, c
 from autodeco.decoding import decode_to_tensors
 from autodeco.errors import AutoDecoError
 from autodeco.generation import (
-    AutoDecoLogitsProcessor, GenerationTrace, RecordingStoppingCriteria, autodeco_generation_config, changed_fields,
+    REFUSED_ARGUMENTS, AutoDecoLogitsProcessor, GenerationTrace, RecordingStoppingCriteria, autodeco_generation_config, changed_fields,
     check_generation_config, check_speculative_config,
 )
 from autodeco.heads import AutoDecoHeads, SoftmaxOut, heads_from_tensors
@@ -340,9 +340,9 @@ class AutoDecoModelForCausalLM(PreTrainedModel, GenerationMixin):
             if logits_processor or stopping_criteria:
                 raise AutoDecoError("assisted generation (exact speculative decoding) takes no logits_processor or stopping_criteria; drop them, or the assistant")
             return self._generate_speculative(input_ids, generation_config, assistant_model, seed, kwargs)
-        refused = sorted(k for k in _REFUSED_ARGUMENTS if kwargs.get(k) is not None)
+        refused = sorted(k for k in REFUSED_ARGUMENTS if kwargs.get(k) is not None)
         if refused:
-            raise AutoDecoError(f"generate() with AutoDeco does not support {refused[0]}: {_REFUSED_ARGUMENTS[refused[0]]}")
+            raise AutoDecoError(f"generate() with AutoDeco does not support {refused[0]}: {REFUSED_ARGUMENTS[refused[0]]}")
         config = self._prepare_generation_config(generation_config, **kwargs)[0]  # what transformers will resolve
         check_generation_config(config, config.get_generation_mode(), self._default_generation_config())
         outer, self._trace = self._trace, GenerationTrace()  # outer: token healing calls generate() inside generate()
@@ -438,15 +438,6 @@ class AutoDecoModelForCausalLM(PreTrainedModel, GenerationMixin):
     def _get_stopping_criteria(self, *args: Any, **kwargs: Any) -> StoppingCriteriaList:
         criteria = super()._get_stopping_criteria(*args, **kwargs)
         return criteria if self._trace is None else RecordingStoppingCriteria(criteria, self._trace)
-
-
-# Arguments of transformers' generate() (not GenerationConfig fields) that AutoDeco refuses, and why.
-_REFUSED_ARGUMENTS = {
-    "custom_generate": "a custom decoding loop would bypass the learned T and P; use the default loop",
-    "synced_gpus": "multi-GPU synced generation is not supported; drop it",
-    "negative_prompt_ids": "it applies to classifier-free guidance (guidance_scale), which AutoDeco refuses; drop it",
-    "negative_prompt_attention_mask": "it applies to classifier-free guidance (guidance_scale), which AutoDeco refuses; drop it",
-}
 
 
 @contextmanager

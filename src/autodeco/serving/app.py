@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException
 from transformers import PreTrainedTokenizerBase
 
 from autodeco.decoding import context_length
+from autodeco.configuration import json_kind
 from autodeco.engine import Completion, StreamEvent, TokenTrace, encode_prompts
 from autodeco.errors import AutoDecoError
 from autodeco.serving import protocol
@@ -34,7 +35,6 @@ from autodeco.serving.server import Authenticate, CatchErrors, CountRequests, Li
 from autodeco.serving.server import error_response as error
 
 DEFAULT_MAX_TOKENS = 256  # when neither the request nor the model's context sets a length
-_JSON_TYPES = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", list: "an array", dict: "an object", type(None): "null"}
 T = TypeVar("T")
 
 
@@ -60,8 +60,8 @@ def _explain(error: dict[str, Any]) -> str:
     if error.get("type") == "value_error":
         return str(error["ctx"]["error"])
     message = error.get("msg", "invalid value")
-    if str(error.get("type", "")).endswith("_type") and type(error.get("input")) in _JSON_TYPES:
-        message += f", not {_JSON_TYPES[type(error['input'])]}"
+    if str(error.get("type", "")).endswith("_type") and "input" in error:
+        message += f", not {json_kind(error['input'])}"
     return message
 
 
