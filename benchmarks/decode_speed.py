@@ -33,8 +33,9 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopP
 from transformers.generation.streamers import BaseStreamer
 
 from autodeco import AutoDecoModelForCausalLM, SamplingParams
-from autodeco.decoding import decode, left_pad
+from autodeco.decoding import RowRequest, RunningBatch
 from autodeco.io import atomic_write_text
+from autodeco.kv_cache import left_pad
 from autodeco.models import load_tokenizer
 from autodeco.sampling import _draw, _full_nucleus, _probabilities, counter_uniforms, sample_tokens
 from machine import machine_info, machine_line  # benchmarks/machine.py
@@ -95,8 +96,9 @@ class _StepClock(BaseStreamer):
 
 def timed_ours(model, ids, mask, params: SamplingParams) -> tuple[float, float]:
     """(seconds to the first token: prefill and one sample, seconds for the remaining steps)."""
+    rows = [RowRequest(i, prompt[m.bool()].tolist(), params) for i, (prompt, m) in enumerate(zip(ids, mask))]
     start = time.perf_counter()
-    stamps = [time.perf_counter() for _ in decode(model, ids, mask, [params] * ids.shape[0], eos_token_ids=set())]
+    stamps = [time.perf_counter() for n, _ in enumerate(RunningBatch(model, set()).run(rows), 1) if n % len(rows) == 0]  # a row's token each
     assert len(stamps) == params.max_new_tokens
     return stamps[0] - start, stamps[-1] - stamps[0]
 
@@ -113,8 +115,11 @@ def timed_hf(model, ids, mask, new_tokens: int, **sampling) -> tuple[float, floa
     return clock.times[1] - start, clock.times[-1] - clock.times[1]
 
 
-def decode_rows(model, base, tokenizer, batches: list[int], new_tokens: int, repeats: int) -> list[dict]:
-    """Every contender at every batch size, interleaved ``repeats`` times after a warm-up."""
+CONTENDER_KEYS = {"greedy": GREEDY, "autodeco": AUTODECO, "static": STATIC, "hf-greedy": HF_GREEDY, "hf-sampled": HF_SAMPLED, "hf-autodeco": HF_AUTODECO}
+
+
+def decode_rows(model, base, tokenizer, batches: list[int], new_tokens: int, repeats: int, names: list[str]) -> list[dict]:
+    """The ``names`` contenders at every batch size, interleaved ``repeats`` times after a warm-up."""
     vocab = base.config.get_text_config().vocab_size
     rows = []
     for batch in batches:
@@ -128,6 +133,7 @@ def decode_rows(model, base, tokenizer, batches: list[int], new_tokens: int, rep
             HF_SAMPLED: lambda: timed_hf(base, ids, mask, new_tokens, do_sample=True, temperature=0.7, top_p=0.9, top_k=0),
             HF_AUTODECO: lambda: timed_hf(model, ids, mask, new_tokens, seed=0),
         }
+        contenders = {name: contenders[name] for name in names}
         for run in contenders.values():  # warm-up: allocator, kernels, caches
             run()
         timings: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders}
@@ -139,10 +145,12 @@ def decode_rows(model, base, tokenizer, batches: list[int], new_tokens: int, rep
             decode_s = min(r[1] for r in runs)
             rows.append({
                 "batch": batch, "contender": name, "prompt_tokens": int(mask.sum()),
-                "first_token_ms": first * 1e3, "decode_tokens_per_s": batch * (new_tokens - 1) / decode_s,
+                "first_token_ms": first * 1e3, "first_token_in_steps": first / (decode_s / (new_tokens - 1)),
+                "decode_tokens_per_s": batch * (new_tokens - 1) / decode_s,
                 "tokens_per_s": batch * new_tokens / min(sum(r) for r in runs), "runs_s": runs,
             })
-            print(f"batch {batch:>2}  {name:<26} first token {first * 1e3:7.1f} ms  decode {rows[-1]['decode_tokens_per_s']:7.1f} tok/s")
+            print(f"batch {batch:>2}  {name:<26} first token {first * 1e3:7.1f} ms ({rows[-1]['first_token_in_steps']:.1f} steps)  "
+                  f"decode {rows[-1]['decode_tokens_per_s']:7.1f} tok/s")
     return rows
 
 
@@ -212,54 +220,46 @@ def main() -> None:
     parser.add_argument("--batches", default="1,8,32")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--sampler-calls", type=int, default=50)
+    parser.add_argument("--sampler-calls", type=int, default=50, help="0: skip the sampler-alone section")
+    parser.add_argument("--contenders", default=",".join(CONTENDER_KEYS), help=f"comma-separated, from {', '.join(CONTENDER_KEYS)}")
     args = parser.parse_args()
+    names = [CONTENDER_KEYS[key] for key in args.contenders.split(",")]
 
     model, base, tokenizer, description = load(args.model)
     batches = [int(b) for b in args.batches.split(",")]
-    decoding = decode_rows(model, base, tokenizer, batches, args.new_tokens, args.repeats)
-    sampler = sampler_rows(model, tokenizer, batches, args.sampler_calls)
-
-    def decode_tps(batch: int, name: str) -> float:
-        return next(r["decode_tokens_per_s"] for r in decoding if r["batch"] == batch and r["contender"] == name)
-
-    ratios = {
-        batch: {
-            "autodeco_vs_our_greedy": decode_tps(batch, AUTODECO) / decode_tps(batch, GREEDY),
-            "autodeco_vs_hf_sampled": decode_tps(batch, AUTODECO) / decode_tps(batch, HF_SAMPLED),
-            "static_vs_hf_sampled": decode_tps(batch, STATIC) / decode_tps(batch, HF_SAMPLED),
-            "greedy_vs_hf_greedy": decode_tps(batch, GREEDY) / decode_tps(batch, HF_GREEDY),
-            "hf_autodeco_vs_hf_sampled": decode_tps(batch, HF_AUTODECO) / decode_tps(batch, HF_SAMPLED),
-            "hf_autodeco_vs_autodeco": decode_tps(batch, HF_AUTODECO) / decode_tps(batch, AUTODECO),
-        }
-        for batch in batches
+    decoding = decode_rows(model, base, tokenizer, batches, args.new_tokens, args.repeats, names)
+    sampler = sampler_rows(model, tokenizer, batches, args.sampler_calls) if args.sampler_calls else []
+    rate = {(r["batch"], r["contender"]): r["decode_tokens_per_s"] for r in decoding}
+    ratio_of = {
+        "autodeco_vs_our_greedy": (AUTODECO, GREEDY), "autodeco_vs_hf_sampled": (AUTODECO, HF_SAMPLED), "static_vs_hf_sampled": (STATIC, HF_SAMPLED),
+        "greedy_vs_hf_greedy": (GREEDY, HF_GREEDY), "hf_autodeco_vs_hf_sampled": (HF_AUTODECO, HF_SAMPLED), "hf_autodeco_vs_autodeco": (HF_AUTODECO, AUTODECO),
     }
+    ratios = {batch: {key: rate[batch, a] / rate[batch, b] for key, (a, b) in ratio_of.items() if {a, b} <= set(names)} for batch in batches}
     machine = machine_info()
     vocab = base.config.get_text_config().vocab_size
     setup = {"model": description, "name": args.name, "vocab": vocab, "params": sum(p.numel() for p in base.parameters()),
-             "new_tokens": args.new_tokens, "repeats": args.repeats, "command": f"python benchmarks/decode_speed.py --model {args.model} --name {args.name} --batches {args.batches} --new-tokens {args.new_tokens} --repeats {args.repeats} --sampler-calls {args.sampler_calls}"}
+             "new_tokens": args.new_tokens, "repeats": args.repeats, "command": f"python benchmarks/decode_speed.py --model {args.model} --name {args.name} --batches {args.batches} --new-tokens {args.new_tokens} --repeats {args.repeats} --sampler-calls {args.sampler_calls} --contenders {args.contenders}"}
     stem = RESULTS / f"decode_speed-{args.name}"
     atomic_write_text(json.dumps({"setup": setup, "machine": machine, "decoding": decoding, "ratios": ratios, "sampler": sampler}, indent=2) + "\n", stem.with_suffix(".json"))
     lines = [
         f"# Decoding speed: {args.name}", "", f"`{setup['command']}`", "",
         f"Model: {description} ({setup['params'] / 1e6:.0f}M params, vocab {vocab}); the prompts of the script, "
         f"{args.new_tokens} new tokens (no EOS stop); best of {args.repeats} interleaved runs after a warm-up. "
-        "First token = prefill and one sample; decode = the other steps.", "",
+        "First token = prefill and one sample (also in decode steps of the same contender); decode = the other steps.", "",
         machine_line(machine), "",
-        "| batch | contender | first token (ms) | decode tokens/s | end to end tokens/s |", "|---:|---|---:|---:|---:|",
+        "| batch | contender | first token (ms) | first token (steps) | decode tokens/s | end to end tokens/s |", "|---:|---|---:|---:|---:|---:|",
     ]
-    lines += [f"| {r['batch']} | {r['contender']} | {r['first_token_ms']:.0f} | {r['decode_tokens_per_s']:.1f} | {r['tokens_per_s']:.1f} |" for r in decoding]
-    lines += ["", "Decode tokens/s ratios:", "",
-              "| batch | AutoDeco / our greedy | AutoDeco / HF sampled | static / HF sampled | greedy / HF greedy | HF AutoDeco / HF sampled | HF AutoDeco / our AutoDeco |",
-              "|---:|---:|---:|---:|---:|---:|---:|"]
-    lines += [
-        f"| {b} | {r['autodeco_vs_our_greedy']:.2f}x | {r['autodeco_vs_hf_sampled']:.2f}x | {r['static_vs_hf_sampled']:.2f}x | {r['greedy_vs_hf_greedy']:.2f}x "
-        f"| {r['hf_autodeco_vs_hf_sampled']:.2f}x | {r['hf_autodeco_vs_autodeco']:.2f}x |"
-        for b, r in ratios.items()
-    ]
-    lines += ["", f"The sampler alone on [B, {vocab}] logits of the prompts' positions (best of {args.sampler_calls} calls for ours):", "",
-              "| batch | T, P | sampler | ms per call | ours is faster by |", "|---:|---|---|---:|---:|"]
-    lines += [f"| {r['batch']} | {r['setting']} | {r['sampler']} | {r['ms']:.2f} | {r['speedup_of_ours']:.1f}x |" for r in sampler]
+    lines += [f"| {r['batch']} | {r['contender']} | {r['first_token_ms']:.0f} | {r['first_token_in_steps']:.1f} | {r['decode_tokens_per_s']:.1f} | {r['tokens_per_s']:.1f} |"
+              for r in decoding]
+    titles = {"autodeco_vs_our_greedy": "AutoDeco / our greedy", "autodeco_vs_hf_sampled": "AutoDeco / HF sampled", "static_vs_hf_sampled": "static / HF sampled",
+              "greedy_vs_hf_greedy": "greedy / HF greedy", "hf_autodeco_vs_hf_sampled": "HF AutoDeco / HF sampled", "hf_autodeco_vs_autodeco": "HF AutoDeco / our AutoDeco"}
+    shown = [key for key in titles if key in ratios[batches[0]]]
+    lines += ["", "Decode tokens/s ratios:", "", "| batch | " + " | ".join(titles[k] for k in shown) + " |", "|---:|" + "---:|" * len(shown)]
+    lines += [f"| {b} | " + " | ".join(f"{r[k]:.2f}x" for k in shown) + " |" for b, r in ratios.items()]
+    if sampler:
+        lines += ["", f"The sampler alone on [B, {vocab}] logits of the prompts' positions (best of {args.sampler_calls} calls for ours):", "",
+                  "| batch | T, P | sampler | ms per call | ours is faster by |", "|---:|---|---|---:|---:|"]
+        lines += [f"| {r['batch']} | {r['setting']} | {r['sampler']} | {r['ms']:.2f} | {r['speedup_of_ours']:.1f}x |" for r in sampler]
     atomic_write_text("\n".join(lines) + "\n", stem.with_suffix(".md"))
     print(f"wrote {stem}.json and {stem}.md")
 

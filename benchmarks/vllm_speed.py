@@ -45,13 +45,12 @@ def vllm_rate(llm, prompts: list[str], params) -> float:
 def ours_rate(model, tokenizer, prompts: list[str], new_tokens: int) -> float:
     """Generated tokens per second of autodeco's engine, AutoDeco decoding, EOS ignored."""
     from autodeco import SamplingParams
-    from autodeco.decoding import decode, left_pad
+    from autodeco.decoding import RowRequest, RunningBatch
 
-    ids, mask = left_pad([tokenizer(p).input_ids for p in prompts], tokenizer.pad_token_id or 0, model.device)
-    params = [SamplingParams(max_new_tokens=new_tokens, seed=i) for i in range(len(prompts))]
+    rows = [RowRequest(i, tokenizer(p).input_ids, SamplingParams(max_new_tokens=new_tokens, seed=i)) for i, p in enumerate(prompts)]
     start = time.perf_counter()
-    steps = sum(1 for _ in decode(model, ids, mask, params, eos_token_ids=set()))
-    return steps * len(prompts) / (time.perf_counter() - start)
+    tokens = sum(1 for _ in RunningBatch(model, set()).run(rows))
+    return tokens / (time.perf_counter() - start)
 
 
 def plugin_step_ms(model, tokenizer, prompts: list[str], repeats: int = 20) -> dict[str, float]:
@@ -61,8 +60,8 @@ def plugin_step_ms(model, tokenizer, prompts: list[str], repeats: int = 20) -> d
     noise, argmax). Best of ``repeats``: the quiet-machine cost, not the noisy end-to-end one."""
     import torch
 
-    from autodeco.decoding import left_pad
     from autodeco.integrations.vllm.model import learned_logits
+    from autodeco.kv_cache import left_pad
     from autodeco.modeling import final_hidden_states, logits_from_hidden
 
     ids, mask = left_pad([tokenizer(p).input_ids for p in prompts], tokenizer.pad_token_id or 0, model.device)

@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from autodeco import SamplingParams, kv_cache
-from autodeco.batching import RowRequest, RunningBatch
-from autodeco.decoding import decode, left_pad
+from autodeco.decoding import RowRequest, RunningBatch
 from autodeco.tiny import TINY_ARCHITECTURES
 
 PROMPTS = [[1, 40, 41, 42, 43], [1, 50, 51], [1, 60, 61, 62, 63, 64, 65, 66]]
@@ -13,8 +12,7 @@ JOIN_AT = {1: 3, 2: 7}  # row -> the step of row 0 at which it joins
 
 
 def _alone(model, prompt: list[int], params: SamplingParams) -> list[int]:
-    ids, mask = left_pad([prompt], 0)
-    return [step.tokens[0] for step in decode(model, ids, mask, [params], eos_token_ids=set())]
+    return [event.token for event in RunningBatch(model, eos_token_ids=set()).run([RowRequest(0, prompt, params)])]
 
 
 def _run_staggered(model, params: list[SamplingParams], leave: dict[int, int] | None = None) -> dict[int, list[int]]:

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from autodeco import AutoDecoError, SamplingParams, generate, stream
-from autodeco.decoding import decode_to_tensors, left_pad
+from autodeco.decoding import decode_to_tensors
+from autodeco.kv_cache import left_pad, positions_from_mask
 
 PROMPTS = ["Question: What is 2 + 3? Answer:", "Once", "A journey of a thousand miles begins"]
 
@@ -23,8 +24,6 @@ def test_left_padding_does_not_change_logits_or_heads(make_model):
     model = make_model("qwen2")
     short, long = [1, 40, 41], [1, 50, 51, 52, 53, 54, 55]
     ids, mask = left_pad([short, long], pad_token_id=0)
-    from autodeco.decoding import positions_from_mask
-
     padded = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask))
     alone = model(input_ids=torch.tensor([short]))
     torch.testing.assert_close(padded.logits[0, -3:], alone.logits[0], atol=1e-4, rtol=1e-4)
@@ -183,21 +182,21 @@ def test_incremental_detokenisation_matches_a_full_decode(tokenizer):
 
 def test_sampling_reuses_the_heads_softmax_and_draws_the_same_tokens(make_model, tokenizer, monkeypatch):
     from autodeco import sampling as sampling_module
-    from autodeco.decoding import prefill, sample_step, step_uniforms
+    from autodeco.decoding import StepUniforms, prefill, sample_step
     from autodeco.sampling import BatchedSampling
 
     model = make_model("llama")
-    ids, mask = left_pad([tokenizer(p).input_ids for p in PROMPTS], pad_token_id=0)
-    out = prefill(model, ids, mask)
+    out, _ = prefill(model, [tokenizer(p).input_ids for p in PROMPTS])
+    uniforms = StepUniforms(torch.arange(len(PROMPTS)) * 7919)
     assert out.probs is not None
     rows_computed = []
-    original = sampling_module._probabilities
-    monkeypatch.setattr(sampling_module, "_probabilities", lambda logits, t: rows_computed.append(logits.shape[0]) or original(logits, t))
-    for step, uniforms in zip(range(20), step_uniforms(torch.arange(len(PROMPTS)) * 7919)):
+    original = sampling_module._softmax_weights
+    monkeypatch.setattr(sampling_module, "_softmax_weights", lambda logits, t: rows_computed.append(logits.shape[0]) or original(logits, t))
+    for step in range(20):
         for params in ([SamplingParams()] * 3, [SamplingParams(), SamplingParams(temperature_scale=0.9), SamplingParams()]):
             sampling = BatchedSampling.from_params(params)
-            shared = sample_step(out.__class__(**{**out, "probs": out.probs.clone()}), sampling, uniforms)
+            shared = sample_step(out.__class__(**{**out, "probs": out.probs.clone()}), sampling, uniforms.take([step] * 3, 1)[:, 0])
             assert rows_computed == ([] if params[1].temperature_scale == 1.0 else [1])  # only the scaled row
-            recomputed = sample_step(out.__class__(**{**out, "probs": None}), sampling, uniforms)
+            recomputed = sample_step(out.__class__(**{**out, "probs": None}), sampling, uniforms.take([step] * 3, 1)[:, 0])
             assert rows_computed[-1] == 3 and torch.equal(shared[0], recomputed[0])
             rows_computed.clear()

@@ -297,3 +297,16 @@ def test_merged_dir_carries_no_sampling_defaults(make_model, tmp_path):
     saved = json.loads((tmp_path / "generation_config.json").read_text())
     assert not {"top_k", "top_p", "temperature", "do_sample"} & set(saved)
     assert saved["eos_token_id"] == model.llm.generation_config.eos_token_id
+
+
+@pytest.mark.parametrize("architecture", TINY_ARCHITECTURES)
+def test_the_lm_head_sees_its_input_in_a_fresh_layout(architecture, make_model):
+    """The prefill's last position is a [B, 1, H] view with the prompt's strides, which
+    .contiguous() keeps; torch's CPU bf16 matmul on it copies the LM head per row (~20x slower)."""
+    model = make_model(architecture)
+    seen = []
+    model.llm.get_output_embeddings().register_forward_pre_hook(lambda module, args: seen.append((args[0].shape, args[0].stride())))
+    for batch in (1, 3):
+        ids = torch.arange(10, 10 + 7 * batch).reshape(batch, 7)
+        model(input_ids=ids, logits_to_keep=1)
+    assert [stride for _, stride in seen] == [torch.empty(shape).stride() for shape, _ in seen] and seen[0][0][1] == 1

@@ -6,7 +6,7 @@ import asyncio
 import pytest
 
 from autodeco import SamplingParams
-from autodeco.batching import RowFailed, RowRequest, RunningBatch
+from autodeco.decoding import RowFailed, RowRequest, RunningBatch
 from autodeco.errors import AutoDecoError
 from autodeco.serving.scheduler import Job, Scheduler
 from autodeco.speculative import NgramDrafter, Speculation

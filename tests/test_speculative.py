@@ -8,8 +8,7 @@ import torch
 from scipy.stats import chi2_contingency
 
 from autodeco import AutoDecoError, AutoDecoModelForCausalLM, SamplingParams, Speculation, generate, make_speculation
-from autodeco.batching import RowRequest, RunningBatch
-from autodeco.decoding import decode, left_pad
+from autodeco.decoding import RowRequest, RunningBatch
 from autodeco.engine import encode_prompts
 from autodeco.kv_cache import right_aligned
 from autodeco.speculative import ModelDrafter, NgramDrafter, accepted_counts, early_exit_model
@@ -44,8 +43,7 @@ def _drafter(kind: str, model, architecture: str = "llama", vocab_size: int = 38
 
 
 def _alone(model, prompt, params, eos=frozenset()):
-    ids, mask = left_pad([prompt], 0)
-    return [step.tokens[0] for step in decode(model, ids, mask, [params], eos_token_ids=set(eos))]
+    return [event.token for event in RunningBatch(model, set(eos)).run([RowRequest(0, prompt, params)])]
 
 
 def _run(model, prompts, params, speculation=None, eos=frozenset()):

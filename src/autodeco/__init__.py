@@ -2,7 +2,8 @@
 
 Importing it registers the ``autodeco`` model type with transformers' ``AutoConfig`` and
 ``AutoModelForCausalLM`` (:mod:`autodeco.modeling`), so that ``AutoModelForCausalLM.from_pretrained``
-loads AutoDeco dirs with no ``trust_remote_code``. The other public names load on first use.
+loads AutoDeco dirs with no ``trust_remote_code``, and gives the model class the decode engine
+(:mod:`autodeco.decoding`) for assisted generation. The other public names load on first use.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 import_module("autodeco.modeling")  # registers AutoDeco with transformers' auto classes
+import_module("autodeco.decoding")  # installs the decode engine's assisted generation on the model class
 __all__ = sorted(_EXPORTS)
 
 

@@ -443,6 +443,10 @@ def serve(
     public_metrics: Annotated[bool, typer.Option("--public-metrics", help="Serve /metrics without the API key (for a scraper that has none).")] = False,
     max_batch_size: Annotated[int, typer.Option(help="Most sequences decoding together.")] = 32,
     max_queue: Annotated[int, typer.Option(help="Most requests waiting for room; more get 429.")] = 256,
+    prefix_sharing: Annotated[bool, typer.Option(
+        help="Prefill a prompt once for all the rows that join together with it (a request's n choices), and a prefix common "
+             "to their prompts once. The tokens are the same either way; off, each row is prefilled on its own (for measuring and debugging).",
+    )] = True,
     max_request_tokens: Annotated[int, typer.Option(help="Most tokens one request may ask for (n x max_tokens); more gets 400.")] = 65_536,
     max_connections: Annotated[int, typer.Option(help="Most open connections; a request past them gets 503.")] = 1024,
     header_timeout: Annotated[float, typer.Option(help="Seconds a request's headers may take to arrive; then the connection is closed.")] = 10.0,
@@ -484,7 +488,8 @@ def serve(
                     body_timeout_s=body_timeout, keep_alive_s=keep_alive_timeout)
     served = name or model or "autodeco"
     given = [str(path) for path in (model, heads) if path is not None]
-    scheduler = Scheduler(autodeco, tokenizer, max_batch_size=max_batch_size, max_queue=max_queue, speculation=speculation)
+    scheduler = Scheduler(autodeco, tokenizer, max_batch_size=max_batch_size, max_queue=max_queue, speculation=speculation,
+                          share_prefixes=prefix_sharing)
     scheduler.start()
     bound_host, bound_port = listener.getsockname()[:2]
     err.print(f"Serving {served} at http://{f'[{bound_host}]' if ':' in bound_host else bound_host}:{bound_port}/v1 (Ctrl+C stops)", markup=False)

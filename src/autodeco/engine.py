@@ -8,13 +8,12 @@ traces of the temperature and top-p used for every token.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from autodeco.batching import RowRequest, RunningBatch, TokenEvent
-from autodeco.decoding import decode, left_pad
+from autodeco.decoding import RowRequest, RunningBatch, TokenEvent
 from autodeco.errors import AutoDecoError
 from autodeco.sampling import SamplingParams
 from autodeco.speculative import Speculation
@@ -150,24 +149,19 @@ class RowText:
         self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
         return text[len(context):]
 
-    def event(self, index: int, token: TokenTrace, reason: str | None, prompt_tokens: int) -> "StreamEvent | None":
-        """The event for ``token`` (already :meth:`add`-ed) that ends the row with ``reason`` or
-        not; None when there is nothing to report yet (text held back). EOS, and a token whose
-        text lies wholly inside a stop string, are not part of the answer."""
-        keep = token.token_id not in self.eos_ids and not (self.stopped and reason == "stop" and not self.last_piece)
-        traces = [replace(token, text=self.last_piece)] if keep else []
-        text = self.flushable(final=reason is not None)
-        if not (text or traces or reason is not None):
-            return None
-        return StreamEvent(index, text, traces, reason, prompt_tokens, None if keep or reason != "stop" else token.token_id)
-
     def take(self, index: int, token: TokenEvent, prompt_tokens: int) -> tuple["StreamEvent | None", str | None]:
-        """:meth:`add` a running batch's ``token``; returns its :meth:`event` and the reason the
-        row ends: the batch's, or "stop" at a stop string."""
+        """:meth:`add` a running batch's ``token`` -> (its event, or None when there is nothing to
+        report yet (text held back); the reason the row ends: the batch's, or "stop" at a stop
+        string). EOS, and a token whose text lies wholly inside a stop string, are not part of the
+        answer."""
         self.add(token.token)
         reason = "stop" if self.stopped else token.finish_reason
-        trace = TokenTrace(token.token, "", token.temperature, token.top_p, token.logprob, token.top_logprobs)
-        return self.event(index, trace, reason, prompt_tokens), reason
+        keep = token.token not in self.eos_ids and not (self.stopped and reason == "stop" and not self.last_piece)
+        traces = [TokenTrace(token.token, self.last_piece, token.temperature, token.top_p, token.logprob, token.top_logprobs)] if keep else []
+        text = self.flushable(final=reason is not None)
+        if not (text or traces or reason is not None):
+            return None, reason
+        return StreamEvent(index, text, traces, reason, prompt_tokens, None if keep or reason != "stop" else token.token), reason
 
     def flushable(self, final: bool) -> str:
         """Answer text safe to stream now: all of it at the end; otherwise hold back any tail
@@ -237,35 +231,10 @@ def stream(
     token_ids = encode_prompts(tokenizer, prompt_list, chat)
     eos = eos_ids(model, tokenizer)
     rows = [RowText(tokenizer, p.stop, eos) for p in param_list]
-    if speculation is not None:
-        yield from _stream_running(model, token_ids, param_list, rows, eos, speculation)
-        return
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    input_ids, attention_mask = left_pad(token_ids, pad, model.device)
-
-    def stop_test(row: int, token: int) -> bool:
-        rows[row].add(token)
-        return rows[row].stopped
-
-    for step in decode(model, input_ids, attention_mask, param_list, eos_token_ids=eos, stop_test=stop_test):
-        for row, token in enumerate(step.tokens):
-            if token < 0:
-                continue
-            trace = TokenTrace(token, "", step.temperatures[row], step.top_ps[row])
-            event = rows[row].event(row, trace, step.finish_reasons[row], len(token_ids[row]))
-            if event is not None:
-                yield event
-
-
-def _stream_running(
-    model: Any, token_ids: list[list[int]], params: list[SamplingParams], rows: list[RowText], eos: set[int], speculation: Speculation
-) -> Iterator[StreamEvent]:
-    """:func:`stream` through a :class:`RunningBatch` with speculative decoding; a row may gain
-    several tokens per step, and those past its stop string are dropped."""
     batch = RunningBatch(model, eos, speculation)
-    for token in batch.run([RowRequest(i, ids, p) for i, (ids, p) in enumerate(zip(token_ids, params))]):
+    for token in batch.run([RowRequest(i, ids, p) for i, (ids, p) in enumerate(zip(token_ids, param_list))]):
         row = rows[token.key]
-        if row.stopped:
+        if row.stopped:  # a token past the stop string, from the same speculative step
             continue
         event, reason = row.take(token.key, token, len(token_ids[token.key]))
         if reason is not None and token.finish_reason is None:

@@ -13,13 +13,11 @@ import torch
 from torch import nn
 
 from autodeco.errors import AutoDecoError
-from autodeco.sampling import CANDIDATES, top_candidates
+from autodeco.sampling import CANDIDATES, LOG2_E, softmax_exponents
 
 HEAD_WIDTH = 256
 NUM_STATISTICS = 4  # max prob, entropy, variance, top-5 mass
 EPS = 1e-8  # the released code's guard in T-scaling and in log(q)
-LOG2_E = 1.0 / math.log(2.0)
-UNDERFLOW_EXPONENT = -200.0  # 2^z is 0 in float32 below z = -150
 # Head tensors load from these dtypes only: integers, bools and complex numbers would load as
 # nonsense (int32 weights give T = 2 everywhere), and float8 is a quantised format that needs
 # scales the released layout has no place for (the heads are small: store them unquantised).
@@ -64,8 +62,10 @@ def probability_statistics(logits: torch.Tensor, temperature: torch.Tensor, out:
     size of float32 rounding in the released formula itself). Dropping it gives the entropy from
     sums the other statistics need anyway, -sum q ln q = ln S - sum q (logits / T - max), with no
     log per token: at a 262k vocabulary these passes are most of what AutoDeco adds to a decode
-    step, so there are few, in place where they can be (one copy, one exponential, three
-    reductions, the block search of :func:`top_candidates`), over chunks of rows.
+    step, so there are few, in place where they can be (those of
+    :func:`~autodeco.sampling.softmax_exponents`, one exponential, three reductions), over chunks
+    of rows. q below 2^-126 of the row's largest q is 0 (float32 subnormals, which slow exp2
+    threefold; at most V * 1.2e-38 of the mass).
     ``out``, if given, receives q up to a factor per row and the ids of its largest entries
     (found anyway for the top 5): decoding at the learned T samples from them, with no second
     pass over the vocabulary.
@@ -85,15 +85,10 @@ def probability_statistics(logits: torch.Tensor, temperature: torch.Tensor, out:
 def _statistics(logits: torch.Tensor, temperature: torch.Tensor, out: SoftmaxOut | None) -> torch.Tensor:
     """:func:`probability_statistics` of ``logits [N, V]``, ``temperature [N]``."""
     vocab = logits.shape[-1]
-    z = logits.to(torch.float32, copy=True)  # a copy even of float32 logits: z is overwritten below
-    # the largest logits are the largest q: logits / T is monotone for T > 0
-    top_logits, top_ids = top_candidates(z, min(5 if out is None else out.top_ids.shape[-1], vocab))
+    scale = LOG2_E / statistics_temperature(temperature).unsqueeze(-1)
+    z, top_ids = softmax_exponents(logits, scale, min(5 if out is None else out.top_ids.shape[-1], vocab))
     if out is not None:
         out.top_ids.copy_(top_ids)
-    # q = 2^z / S with base-2 exponents z = (logits - max) / T * log2(e), in place: torch's exp2
-    # keeps its speed where most of a large vocabulary underflows, while exp slows down tenfold there
-    scale = LOG2_E / statistics_temperature(temperature).unsqueeze(-1)
-    z.sub_(top_logits[:, :1]).mul_(scale).clamp_(min=UNDERFLOW_EXPONENT)  # -inf logits: q * z = 0, not NaN
     weights = torch.exp2(z) if out is None else torch.exp2(z, out=out.probs)  # q * S: no division pass
     total = weights.sum(dim=-1)  # S
     top5 = weights.gather(-1, top_ids[:, :5]) / total.unsqueeze(-1)

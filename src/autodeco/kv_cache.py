@@ -20,9 +20,29 @@ import inspect
 from typing import Any
 
 import torch
-from transformers.cache_utils import Cache, DynamicLayer, DynamicSlidingWindowLayer
+from transformers import PretrainedConfig
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
 MERGEABLE_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer)
+
+
+def left_pad(sequences: list[list[int]], pad_token_id: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists -> (input_ids, attention_mask), padded on the left so every row ends at the
+    last column, where the next token is predicted."""
+    width = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, tokens in enumerate(sequences):
+        if tokens:
+            input_ids[row, width - len(tokens):] = torch.tensor(tokens, dtype=torch.long)
+            attention_mask[row, width - len(tokens):] = 1
+    return input_ids.to(device), attention_mask.to(device)
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that start at 0 on each row's first real token, so left padding does not
+    shift positions (what Hugging Face generate does)."""
+    return (attention_mask.long().cumsum(dim=-1) - 1).clamp_min(0)
 
 
 def forward_with_cache(model: Any, cache: Any, **inputs: Any) -> tuple[Any, Any]:
@@ -46,6 +66,18 @@ def pad_left(values: torch.Tensor, width: int, dim: int) -> torch.Tensor:
     shape = list(values.shape)
     shape[dim] = missing
     return torch.cat([values.new_zeros(shape), values], dim=dim)
+
+
+def recording_cache(config: PretrainedConfig) -> DynamicCache | None:
+    """An empty KV cache for a base with this (text) config whose sliding-window layers keep every
+    column until :func:`compact` trims them (so a shared prefix can be cut per row, see
+    :func:`autodeco.decoding.prefill`); None when the base's layers are of a kind :func:`merge`
+    cannot handle."""
+    cache = DynamicCache(config=config)
+    if not cache.layers or any(type(layer) not in MERGEABLE_LAYERS for layer in cache.layers):
+        return None
+    record_past(cache, True)
+    return cache
 
 
 def mergeable(cache: Cache) -> bool:

@@ -15,11 +15,11 @@ import inspect
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from huggingface_hub import split_torch_state_dict_into_shards
@@ -33,11 +33,9 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput
 from transformers.utils import ModelOutput, TransformersKwargs
 
 from autodeco.configuration import MERGED_PREFIX, AutoDecoConfig, base_config, check_autodeco_fields
-from autodeco.decoding import decode_to_tensors
 from autodeco.errors import AutoDecoError
 from autodeco.generation import (
-    REFUSED_ARGUMENTS, AutoDecoLogitsProcessor, GenerationTrace, RecordingStoppingCriteria, autodeco_generation_config, changed_fields,
-    check_generation_config, check_speculative_config,
+    REFUSED_ARGUMENTS, AutoDecoLogitsProcessor, GenerationTrace, RecordingStoppingCriteria, autodeco_generation_config, check_generation_config,
 )
 from autodeco.heads import AutoDecoHeads, SoftmaxOut, heads_from_tensors
 from autodeco.io import INDEX_NAME, atomic_save_tensors, atomic_write_text, open_safetensors, read_json_object, safetensors_files
@@ -97,6 +95,9 @@ class AutoDecoModelForCausalLM(PreTrainedModel, GenerationMixin):
     config_class = AutoDecoConfig
     base_model_prefix = "llm"
     main_input_name = "input_ids"
+    # Assisted generation is exact speculative decoding on autodeco's decode engine, which builds on
+    # this class: `autodeco.decoding` installs its entry point here (`import autodeco` imports it).
+    assisted_generate: ClassVar[Callable[..., Any] | None] = None
     # attention runs in the base, with the base's own implementation
     _supports_sdpa = True
     _supports_flash_attn = True
@@ -128,10 +129,7 @@ class AutoDecoModelForCausalLM(PreTrainedModel, GenerationMixin):
         llm.requires_grad_(False)
 
     def _capture_lm_head_input(self, module: nn.Module, args: tuple) -> tuple:
-        # Made contiguous: with frozen weights, torch's CPU matmul runs a [B, 1, H] slice of the
-        # prefill's hidden states (logits_to_keep=1) as a bmm that copies the whole LM head per
-        # row (7 s instead of 0.2 s for a batch-8 Gemma prefill).
-        hidden = args[0].contiguous()
+        hidden = lm_head_layout(args[0])
         self._lm_head_input = hidden
         return (hidden, *args[1:])
 
@@ -339,7 +337,9 @@ class AutoDecoModelForCausalLM(PreTrainedModel, GenerationMixin):
         if assistant_model is not None or kwargs.get("prompt_lookup_num_tokens") or getattr(generation_config, "prompt_lookup_num_tokens", None):
             if logits_processor or stopping_criteria:
                 raise AutoDecoError("assisted generation (exact speculative decoding) takes no logits_processor or stopping_criteria; drop them, or the assistant")
-            return self._generate_speculative(input_ids, generation_config, assistant_model, seed, kwargs)
+            if self.assisted_generate is None:
+                raise AutoDecoError("assisted generation needs autodeco's decode engine; import autodeco (it installs it) before calling generate()")
+            return self.assisted_generate(self, input_ids, generation_config, assistant_model, seed, kwargs)
         refused = sorted(k for k in REFUSED_ARGUMENTS if kwargs.get(k) is not None)
         if refused:
             raise AutoDecoError(f"generate() with AutoDeco does not support {refused[0]}: {REFUSED_ARGUMENTS[refused[0]]}")
@@ -362,37 +362,6 @@ class AutoDecoModelForCausalLM(PreTrainedModel, GenerationMixin):
         """This model's generation config with transformers' defaults filled in: what a field
         set by the caller is compared with."""
         return self._prepare_generation_config(None)[0]
-
-    def _generate_speculative(
-        self, input_ids: torch.Tensor | None, generation_config: GenerationConfig | None, assistant_model: Any, seed: int | None, kwargs: dict[str, Any]
-    ) -> torch.Tensor | AutoDecoGenerateOutput:
-        """Assisted generation as autodeco's exact speculative decoding (see :meth:`generate`)."""
-        attention_mask = kwargs.pop("attention_mask", None)
-        kwargs.pop("input_ids", None)
-        config, model_kwargs = self._prepare_generation_config(generation_config, **kwargs)
-        if model_kwargs:
-            raise AutoDecoError(f"assisted generation (exact speculative decoding) does not take {sorted(model_kwargs)}; drop them, or the assistant")
-        reference = self._default_generation_config()
-        check_speculative_config(config, reference)
-        if input_ids is None:
-            raise AutoDecoError("generate() needs input_ids (a [batch, length] tensor of token ids)")
-        budget = config.max_new_tokens if config.max_new_tokens is not None else config.max_length - input_ids.shape[1]
-        if budget < 1:
-            raise AutoDecoError(f"no new tokens to generate (max_new_tokens={budget}); ask for at least 1")
-        sample = bool(config.do_sample)
-        params = SamplingParams(
-            temperature_scale=config.temperature if sample else 0.0, top_p_scale=config.top_p,
-            top_k=config.top_k or 0, min_p=config.min_p or 0.0, max_new_tokens=budget, seed=seed,
-        )
-        draft_tokens = config.num_assistant_tokens if "num_assistant_tokens" in changed_fields(config, reference) else None
-        speculation = _speculation(assistant_model, draft_tokens, config.prompt_lookup_num_tokens)
-        eos = config.eos_token_id
-        eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
-        pad = config.pad_token_id if config.pad_token_id is not None else min(eos_ids, default=0)
-        sequences, temperatures, top_ps = decode_to_tensors(self, input_ids, attention_mask, params, eos_ids, pad, speculation)
-        if config.return_dict_in_generate:
-            return AutoDecoGenerateOutput(sequences=sequences, temperatures=temperatures, top_ps=top_ps)
-        return sequences
 
     # transformers' generate() hooks
     def prepare_inputs_for_generation(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -488,19 +457,18 @@ def _hf_loading_options(dtype: torch.dtype | str, device: str | torch.device | N
     return dtype, device
 
 
-def _speculation(assistant_model: Any, num_assistant_tokens: int | None, prompt_lookup_num_tokens: int | None) -> Any:
-    """Hugging Face's assisted-generation arguments as a :class:`autodeco.speculative.Speculation`
-    (exact for any sampling: the drafts are greedy, see :mod:`autodeco.speculative`)."""
-    if assistant_model is None and not prompt_lookup_num_tokens:
-        return None
-    from autodeco.speculative import DEFAULT_NUM_DRAFT_TOKENS, ModelDrafter, NgramDrafter, Speculation  # it builds on this module
-
-    if assistant_model is not None:
-        return Speculation(ModelDrafter(getattr(assistant_model, "llm", assistant_model)), num_assistant_tokens or DEFAULT_NUM_DRAFT_TOKENS)
-    return Speculation(NgramDrafter(), prompt_lookup_num_tokens)
-
-
 # ---------------------------------------------------------------------- loading helpers
+def lm_head_layout(hidden: torch.Tensor) -> torch.Tensor:
+    """``hidden`` with the strides of a fresh tensor of its shape. The prefill's last position
+    (``logits_to_keep=1``) is a ``[B, 1, H]`` slice with strides ``(L * H, H, 1)``, which
+    ``.contiguous()`` keeps (size-1 dims count as contiguous). On such a view, torch's CPU
+    matmul with frozen bf16 weights runs a bmm that copies the whole LM head per row (Gemma-3-270M:
+    ~550 ms for a batch-1 prefill instead of ~29 ms; 7 s instead of 0.2 s at batch 8)."""
+    if hidden.stride() == torch.empty(hidden.shape, device="meta").stride():
+        return hidden
+    return torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device).copy_(hidden)
+
+
 def base_hidden_size(config: Any) -> int:
     return config.get_text_config().hidden_size
 

@@ -267,6 +267,9 @@ def _non_finite_error(bad: torch.Tensor, logits: torch.Tensor, temperature: torc
 
 BLOCK = 128  # entries per block in the block-maximum searches below
 CANDIDATES = 64  # the fast sampler's first list: enough for the nucleus of most steps of a trained model
+LOG2_E = 1.0 / math.log(2.0)
+SUBNORMAL_EXPONENT = -126.0  # 2^z below 2^-126 is a float32 subnormal: see softmax_exponents
+FLUSHED_EXPONENT = -300.0  # where exp2 is fast again, and 2^z is 0
 # A softmax the caller computed at T + 1e-8 (the released guard, see heads.statistics_temperature)
 # serves rows sampled at T: it moves the log-ratio of two tokens g nats apart by g * 1e-8 / T.
 GUARD_TOLERANCE = 2e-8
@@ -392,6 +395,35 @@ def _greedy_and_divisor(temperature: torch.Tensor) -> tuple[torch.Tensor, torch.
 def _probabilities(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
     """softmax(logits / T) in float32; greedy rows at T = 1 (callers take their argmax)."""
     return torch.softmax(logits.float() / _greedy_and_divisor(temperature)[1], dim=-1)
+
+
+def softmax_exponents(logits: torch.Tensor, scale: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z, ids): base-2 exponents ``z = (logits - max) * scale`` in a fresh float32 ``[N, V]``,
+    so that ``2^z`` is softmax(logits / T) up to a factor per row (its largest entry 1) for
+    ``scale [N, 1] = log2(e) / T``, and the ids of each row's ``k`` largest logits, descending
+    (the largest 2^z: the map is monotone).
+
+    Few passes over the vocabulary, in place (a copy, the block search of :func:`top_candidates`,
+    a subtraction, a product, a threshold), and made for torch's exp2: it keeps its speed where
+    most of a large vocabulary underflows, while exp (and softmax) slow down tenfold there. Only
+    exp2's subnormal range is slow, three times so at every z in (-276, -126]: z <= -126 (2^z at
+    most 2^-126 = 1.2e-38 of the row's largest entry) is flushed to :data:`FLUSHED_EXPONENT`,
+    where 2^z = 0 comes fast and 2^z * z = 0, also for -inf logits (not 0 * -inf = NaN). NaN
+    stays NaN, and a non-finite maximum (NaN or +inf logits, an all -inf row) makes the row NaN.
+    """
+    z = logits.to(torch.float32, copy=True)  # a copy even of float32 logits: z is overwritten below
+    top_logits, ids = top_candidates(z, k)  # on float32: a bfloat16 block search is 5x slower
+    z.sub_(top_logits[:, :1]).mul_(scale)
+    torch.nn.functional.threshold_(z, SUBNORMAL_EXPONENT, FLUSHED_EXPONENT)  # keeps z > -126 and NaN
+    return z, ids
+
+
+def _softmax_weights(logits: torch.Tensor, temperature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(softmax(logits / T) up to a factor per row, the ids of each row's :data:`CANDIDATES`
+    largest entries): the sampler's own :func:`_probabilities` without its normalisation pass and
+    with :func:`softmax_exponents`' speed. Greedy rows at T = 1 (callers take their argmax)."""
+    z, ids = softmax_exponents(logits, LOG2_E / _greedy_and_divisor(temperature)[1], CANDIDATES)
+    return torch.exp2(z, out=z), ids
 
 
 def _full_nucleus(probs: torch.Tensor, total: torch.Tensor, top_p: torch.Tensor, top_k: torch.Tensor | None, min_p: torch.Tensor | None) -> _Nucleus:
@@ -591,8 +623,11 @@ def sample_tokens(
     from ``generator``. ``probs [B, V]``: a float32 softmax(logits / probs_temperature), up to a
     positive factor per row, that the caller has already (the top-p head takes one at the learned
     T + 1e-8); rows sampled within :data:`GUARD_TOLERANCE` of that T use it, the others are
-    recomputed in place. ``probs_top_ids [B, CANDIDATES]``: the ids of each row's largest probs,
-    descending, if the caller has them (the statistics do), which spares the first list's search.
+    recomputed in place, as the statistics compute it (:func:`softmax_exponents`: the probabilities
+    of :func:`top_p_probs` up to float32 rounding, those below 2^-126 of the row's largest at 0).
+    ``probs_top_ids [B, CANDIDATES]``: the ids of each row's largest probs, descending, if the
+    caller has them (the statistics do; rows recomputed get theirs in place too), which spares the
+    first list's search.
     Raises :class:`NonFiniteRows` on NaN/inf logits or a NaN T or P, instead of sampling garbage.
     """
     greedy = temperature < GREEDY_BELOW
@@ -611,17 +646,19 @@ def sample_tokens(
             raise _non_finite_error(~finite, logits, temperature, top_p)
         return tokens
     if all_stale:
-        probs = _probabilities(logits, temperature)
+        probs, probs_top_ids = _softmax_weights(logits, temperature)
     elif any_stale:
         rows = stale.nonzero().squeeze(-1)
-        probs[rows] = _probabilities(logits[rows], temperature[rows])
+        probs[rows], fresh_ids = _softmax_weights(logits[rows], temperature[rows])
+        if probs_top_ids is not None:
+            probs_top_ids[rows] = fresh_ids
     total = probs.sum(dim=-1)  # NaN for rows with NaN or +inf logits, or all -inf ones
     finite = torch.isfinite(total) & ~torch.isnan(temperature) & ~torch.isnan(top_p)
     if uniforms is None:
         uniforms = torch.rand(logits.shape[0], generator=generator, dtype=torch.float64, device=logits.device)
     uniforms = uniforms.to(logits.device, torch.float64)
     # the first list for every row at once (no row gather); the rows it leaves go further below
-    nucleus = _head_nucleus(probs, total, top_p, top_k, min_p, None if any_stale else probs_top_ids)
+    nucleus = _head_nucleus(probs, total, top_p, top_k, min_p, probs_top_ids)
     tokens = _draw(nucleus, uniforms)
     pending = ~greedy & ~untruncated & ~nucleus.exact
     if top_k is None and min_p is None:  # pure top-p: most draws of the longer nuclei settle here

@@ -2,7 +2,7 @@
 
 A drafter proposes up to ``k`` next tokens per row; the target (AutoDeco) model then scores the
 pending token and every draft in one forward, with its learned T and P at each position, and
-:meth:`autodeco.batching.RunningBatch.advance` keeps the longest prefix it would have sampled
+:meth:`autodeco.decoding.RunningBatch.advance` keeps the longest prefix it would have sampled
 itself. Every draft source here drafts deterministically (a point mass q), so the acceptance rule
 of speculative sampling -- accept x with probability min(1, p(x)/q(x)), otherwise sample from
 norm(max(0, p - q)) -- becomes: sample from p at the position (with that token's own uniform) and
@@ -27,8 +27,9 @@ from typing import Any, Protocol
 import torch
 
 from autodeco import kv_cache
-from autodeco.decoding import left_pad, positions_from_mask
 from autodeco.errors import AutoDecoError
+from autodeco.kv_cache import left_pad, positions_from_mask
+from autodeco.modeling import load_base
 
 DEFAULT_NUM_DRAFT_TOKENS = 4
 DEFAULT_NGRAM = 3
@@ -206,8 +207,6 @@ SPECULATIVE_HELP = "ngram (prompt lookup), draft:MODEL (a smaller model with the
 def make_speculation(spec: str, model: Any, num_draft_tokens: int = DEFAULT_NUM_DRAFT_TOKENS, *, trust_remote_code: bool = False) -> Speculation:
     """A :class:`Speculation` from its command-line form: ``ngram``, ``draft:MODEL`` or
     ``early-exit:K``, for the AutoDeco ``model`` it drafts for."""
-    from autodeco.modeling import load_base  # the draft model is loaded only when asked for
-
     kind, _, argument = spec.partition(":")
     if kind == "ngram" and not argument:
         drafter: Drafter = NgramDrafter()

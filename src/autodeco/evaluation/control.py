@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from autodeco.decoding import left_pad, positions_from_mask
+from autodeco.kv_cache import left_pad, positions_from_mask
 from autodeco.engine import Prompt, encode_prompts, generate
 from autodeco.io import atomic_write_text
 from autodeco.plots import pyplot, save_png

@@ -18,7 +18,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from autodeco.batching import RowFailed, RowRequest, RunningBatch, TokenEvent
+from autodeco.decoding import RowFailed, RowRequest, RunningBatch, TokenEvent
 from autodeco.speculative import Speculation
 from autodeco.engine import RowText, StreamEvent, eos_ids
 from autodeco.errors import AutoDecoError
@@ -72,16 +72,20 @@ class _Choice:
 
 class Scheduler:
     """Owns the model and a :class:`RunningBatch` of at most ``max_batch_size`` rows; at most
-    ``max_queue`` jobs wait for room."""
+    ``max_queue`` jobs wait for room. ``share_prefixes`` (the default) prefills the rows that join
+    together with one prompt once, e.g. the n choices of a request (see :class:`RunningBatch`);
+    off, each row is prefilled on its own. The tokens are the same either way."""
 
     def __init__(
         self, model: Any, tokenizer: PreTrainedTokenizerBase, max_batch_size: int = 32, max_queue: int = 256, speculation: Speculation | None = None,
+        *, share_prefixes: bool = True,
     ) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.max_batch_size, self.max_queue = max_batch_size, max_queue
         self.eos = eos_ids(model, tokenizer)
         self.speculation = speculation
-        self.batch = RunningBatch(model, self.eos, speculation)
+        self.share_prefixes = share_prefixes
+        self.batch = self._new_batch()
         self.waiting: deque[Job] = deque()
         self.choices: dict[tuple[int, int], _Choice] = {}
         self.generated_tokens = 0
@@ -140,8 +144,12 @@ class Scheduler:
             except Exception as error:  # a failed step fails the jobs in it, not the server
                 failed = {c.job for c in self.choices.values()} | set(admitted)
                 self.batch.leave(set(self.batch.keys))  # their state (and a draft model's) is not to be trusted
-                self.batch, self.choices = RunningBatch(self.model, self.eos, self.speculation), {}
+                self.batch, self.choices = self._new_batch(), {}
                 self._fail(failed, error)
+
+    def _new_batch(self) -> RunningBatch:
+        """An empty running batch with the server's speculation and prefix sharing."""
+        return RunningBatch(self.model, self.eos, self.speculation, share_prefixes=self.share_prefixes)
 
     def _step(self, admitted: list[Job]) -> None:
         """Advance the running rows, then prefill the admitted jobs; deliver what came out."""
