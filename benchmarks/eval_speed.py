@@ -52,6 +52,7 @@ REPO = Path(__file__).resolve().parent.parent
 TASK = "reasoning_gym:basic_arithmetic,min_terms=2,max_terms=2,min_digits=1,max_digits=1"
 STRATEGIES = "greedy,default,static:0.3,1,autodeco,mean"
 BEFORE, AFTER = "before", "after"
+DEFAULT_BATCH = "each contender's default (8 before, 32 after)"
 TIMING_KEYS = {"tokens_per_s", "created", "wall_seconds"}  # differ from run to run by nature
 
 # Run in a contender's own interpreter: which package it imports, and how long import and load take.
@@ -78,7 +79,7 @@ def eval_args(args: argparse.Namespace, out: Path) -> list[str]:
     """The ``autodeco eval`` arguments both contenders get."""
     return [
         "eval", "--model", args.model, "--heads", args.heads, "--task", args.task, "--strategies", args.strategies,
-        "--samples", str(args.samples), "--limit", str(args.limit), "--batch-size", str(args.batch_size),
+        "--samples", str(args.samples), "--limit", str(args.limit), *(["--batch-size", str(args.batch_size)] if args.batch_size else []),
         "--max-new-tokens", str(args.max_new_tokens), "--seed", str(args.seed), "--dtype", args.dtype, "--out", str(out),
     ]
 
@@ -216,7 +217,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# autodeco eval speed: {setup['name']}", "", f"`{setup['command']}`", "",
         f"`autodeco eval` on {setup['model']} with heads {setup['heads']}: {setup['task']}, first {setup['limit']} problems, "
-        f"{setup['samples']} samples, strategies {setup['strategies']}, batch size {setup['batch_size']}, "
+        f"{setup['samples']} samples, strategies {setup['strategies']}, batch size {setup['batch_size'] or DEFAULT_BATCH}, "
         f"at most {setup['max_new_tokens']} new tokens, dtype {setup['dtype']} ({report['startup'][AFTER]['dtype']}), "
         f"prompts of {tokens['min']}-{tokens['max']} tokens ({tokens['style']}). "
         f"Before: commit {setup['before'][:7]}; after: {setup['after']}. {setup['repeats']} alternated run(s) each.", "",
@@ -259,7 +260,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--strategies", default=STRATEGIES)
     parser.add_argument("--dtype", default="auto", help="auto (autodeco eval's default: the checkpoint's, bf16 for Gemma), float32, bfloat16")
-    parser.add_argument("--batch-size", type=int, default=8, help="autodeco eval's default")
+    parser.add_argument("--batch-size", type=int, default=0, help=f"rows decoded together; 0: {DEFAULT_BATCH}")
     parser.add_argument("--max-new-tokens", type=int, default=16, help="as in benchmarks/results/eval-gemma-3-270m-heads")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--model", default="gemma-3-270m")

@@ -67,7 +67,7 @@ class EvalPlan:
     strategies: list[Strategy]
     samples: int = 4
     limit: int | None = None
-    batch_size: int = 8
+    batch_size: int = 32
     oracle_temperatures: tuple[float, ...] = DEFAULT_ORACLE_TEMPERATURES
     oracle_top_ps: tuple[float, ...] = DEFAULT_ORACLE_TOP_PS
 

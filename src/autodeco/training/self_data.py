@@ -69,7 +69,7 @@ def completion_ids(record: dict[str, Any]) -> list[int]:
 
 def sample_training_data(
     model: Any, tokenizer: Any, settings: EvalSettings, task_specs: list[str], out: Path, *, problems: int, samples: int,
-    temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 16, work: Path | None = None, console: Console | None = None,
+    temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 32, work: Path | None = None, console: Console | None = None,
 ) -> list[TaskYield]:
     """Sample ``samples`` answers to each of ``problems`` training problems per task, keep the
     verified-correct ones in ``out`` (JSONL, written atomically) and return the yield per task.
