@@ -237,6 +237,13 @@ class StepUniforms:
         offsets = torch.tensor([n - f for n, f in zip(counts, self.first)], device=self.seeds.device)
         return self.table.gather(1, offsets.unsqueeze(-1) + torch.arange(width, device=self.seeds.device))
 
+    def select(self, rows: list[int]) -> None:
+        """Keep only these rows (their uniforms already hashed stay)."""
+        index = torch.tensor(rows, device=self.seeds.device)
+        self.seeds = self.seeds[index]
+        if self.table is not None:
+            self.table, self.first = self.table[index], [self.first[i] for i in rows]
+
 
 # ---------------------------------------------------------------------- the running batch
 class RunningBatch:
@@ -305,7 +312,8 @@ class RunningBatch:
             self._pending = torch.cat([self._pending, tokens])
             self._mask = merged
         self.rows += new_rows
-        self._membership_changed(torch.cat([old_seeds, seeds]))
+        self._sampling = BatchedSampling.from_params([r.request.params for r in self.rows], device)
+        self._uniforms = StepUniforms(torch.cat([old_seeds, seeds]))
         if self._mask is None:  # a cache kind that cannot be padded: prefill every row again
             self._rebuild()
         return self._finish(events)
@@ -336,7 +344,7 @@ class RunningBatch:
         if width and not kv_cache.mergeable(self._cache):
             raise AutoDecoError(f"speculative decoding gives rejected drafts back from the KV cache, which {type(self._cache).__name__} layers of this kind "
                                 "cannot do; decode this model without --speculative")
-        fed = torch.cat([self._pending.unsqueeze(-1), drafts], dim=-1)  # [B, 1 + K]
+        fed = torch.cat([self._pending.unsqueeze(-1), drafts], dim=-1) if width else self._pending.unsqueeze(-1)  # [B, 1 + K]
         per_row = fed.shape[1]
         self._mask = torch.cat([self._mask, self._mask.new_ones(rows, per_row)], dim=-1)
         if width:
@@ -390,14 +398,10 @@ class RunningBatch:
         index = torch.tensor(keep, device=self._pending.device)
         self._mask = kv_cache.select_rows(self._cache, self._mask, index)
         self._pending = self._pending[index]
-        self._membership_changed(self._uniforms.seeds[index])
+        self._sampling = BatchedSampling.from_params([r.request.params for r in self.rows], self._pending.device)
+        self._uniforms.select(keep)
         if self.speculation is not None:
             self.speculation.drafter.select(keep)
-
-    def _membership_changed(self, seeds: torch.Tensor) -> None:
-        """Per-row sampling settings and uniforms for the rows now in the batch (with their ``seeds``)."""
-        self._sampling = BatchedSampling.from_params([r.request.params for r in self.rows], seeds.device)
-        self._uniforms = StepUniforms(seeds)
 
     def _events(self, rows: list[_Row], logits: torch.Tensor, tokens: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
                 counts: list[int] | None = None, failure: NonFiniteRows | None = None) -> list[TokenEvent | RowFailed]:
