@@ -143,6 +143,9 @@ def test_eval_writes_results_report_and_plots(heads_dir, base_dir, tmp_path):
     assert metrics["autodeco"]["pass@k"].keys() == {"1", "2"} and metrics["mean"]["params"]["decoding"] == "static"
     assert {"report.md", "accuracy.png", "temperature_top_p.png", "example.png", "samples.jsonl", "run.json"} <= {p.name for p in out.iterdir()}
     assert "| strategy | pass@1 |" in (out / "report.md").read_text() and "| strategy | pass@1 |" in result.stdout
+    assert "paired" not in metrics["autodeco"] and all(metrics[s]["paired"]["baseline"] == "autodeco" for s in ("greedy", "static:0.7,1", "mean"))
+    assert {"diff", "stderr", "z", "ci95", "wins", "ties", "losses"} == set(metrics["greedy"]["paired"]["pass@1"]) and "majority" in metrics["greedy"]
+    assert "Δ pass@1 vs autodeco (paired s.e., 95% bootstrap)" in (out / "report.md").read_text()
     again = run(*args)  # everything is on disk: nothing is generated again
     assert again.exit_code == 0 and json.loads((out / "results.json").read_text())["tasks"] == document["tasks"]
 
@@ -154,7 +157,8 @@ def test_eval_static_strategies_need_no_heads_and_bad_input_fails_in_one_line(ba
              "--max-new-tokens", 2, "--out", tmp_path / "a")
     assert ok.exit_code == 0, ok.output
     for extra, message in ((["--strategies", "beam"], "unknown strategy 'beam'"), (["--strategies", "autodeco"], "pass --heads"),
-                           (["--task", "nope"], "unknown task 'nope'"), (["--samples", 0], "--samples must be at least 1")):
+                           (["--task", "nope"], "unknown task 'nope'"), (["--samples", 0], "--samples must be at least 1"),
+                           (["--oracle-dev-limit", 0], "--oracle-dev-limit must be at least 1")):
         args = ["eval", "--model", base_dir, "--task", f"jsonl:{problems}", "--max-new-tokens", 2, "--out", tmp_path / "b", *extra]
         result = run(*args)
         assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output

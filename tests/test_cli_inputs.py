@@ -243,6 +243,17 @@ def test_unknown_strategies_are_named(tmp_path, strategies, message):
     assert line.endswith("did you mean 'greedy'?") == ("gredy" in strategies)
 
 
+def test_eval_refuses_an_unknown_baseline_and_oracle_dev_without_a_dev_split_before_loading_the_model(tmp_path):
+    def run_eval(*extra):
+        return run("eval", "--model", tmp_path / "no-model", "--task", "jsonl:x.jsonl", "--out", tmp_path / "e", *extra)
+
+    one_error(run_eval("--strategies", "greedy,default", "--baseline", "autodeco"),
+              "--baseline 'autodeco' is not among the strategies; choose one of: greedy, default")
+    one_error(run_eval("--strategies", "greedy,oracle-dev"),
+              "task 'jsonl:x.jsonl' has no dev split", "(reasoning_gym tasks have split=dev); drop oracle-dev or use oracle")
+    assert not (tmp_path / "e").exists()
+
+
 def test_sample_data_names_an_unknown_task(tmp_path):
     result = run("sample-data", "--model", tmp_path / "no-model", "--task", "nosuch:x", "--out", tmp_path / "d.jsonl")
     line = one_error(result, "unknown task 'nosuch:x'; task families are:", "reasoning_gym")

@@ -187,6 +187,7 @@ def train(
     easy_token_drop: Annotated[float, typer.Option(help="Drop positions where the base's argmax is right with this probability.")] = 0.6,
     easy_token_scope: Annotated[str, typer.Option(help="Which losses easy-token masking applies to: temperature (released HF code) or both.")] = "temperature",
     alpha: Annotated[float, typer.Option(help="Steepness of the soft top-p mask.")] = 30.0,
+    top_p_lr_scale: Annotated[float, typer.Option(help="Multiply --lr by this for the top-p head only (e.g. 0.1): keeps its sigmoid out of float32 saturation, where P == 1 and no gradient moves it again.")] = 1.0,
     nl_control: Annotated[bool, typer.Option("--nl-control", help="Also train the heads to follow decoding commands in prompts (ranking loss).")] = False,
     nl_weight: Annotated[float, typer.Option(help="Weight of the NL-control ranking loss.")] = 1.0,
     nl_margin: Annotated[float, typer.Option(help="How far a command must move T at each token (P: 0.5 on the logit scale).")] = 0.15,
@@ -209,7 +210,7 @@ def train(
             lr=lr, weight_decay=weight_decay, schedule=schedule, warmup_ratio=warmup_ratio, batch_size=batch_size,
             grad_accum=grad_accum, max_length=max_length, overflow="drop" if drop_long else "truncate",
             losses=tuple(name.strip() for name in losses.split(",") if name.strip()), dft=dft, easy_token_drop=easy_token_drop,
-            easy_token_scope=easy_token_scope, alpha=alpha, nl_control=nl_control, nl_weight=nl_weight, nl_margin=nl_margin, nl_variants=nl_variants,
+            easy_token_scope=easy_token_scope, alpha=alpha, top_p_lr_scale=top_p_lr_scale, nl_control=nl_control, nl_weight=nl_weight, nl_margin=nl_margin, nl_variants=nl_variants,
             cache_features=("disk" if cache_on_disk else "memory") if (cache_features or cache_on_disk) else "none",
             checkpoint_every=checkpoint_every, resume=resume, overwrite=overwrite, seed=seed, dtype=_dtype(dtype),
             trust_remote_code=trust_remote_code,
@@ -306,7 +307,8 @@ def eval_command(
     task: Annotated[list[str], typer.Option(help="Task, repeatable: reasoning_gym:NAME[,key=value], mmath[:subset], ifeval, humaneval, jsonl:FILE[,verifier=...].")],
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder: samples.jsonl (resumable), results.json, report.md, plots.")],
     heads: Annotated[Optional[Path], typer.Option(help="Heads folder or shipped heads name; needed by the autodeco and mean strategies.")] = None,
-    strategies: Annotated[str, typer.Option(help="Comma-separated: greedy, default, static:T,P, min_p:M[,T], dynatemp:LOW,HIGH[,EXP], oracle, mean, autodeco[:key=value].")] = "greedy,default,oracle,mean,autodeco",
+    strategies: Annotated[str, typer.Option(help="Comma-separated: greedy, default, static:T,P, min_p:M[,T], dynatemp:LOW,HIGH[,EXP], oracle (tuned on the test set), oracle-dev (tuned on the task's dev split), mean, autodeco[:key=value].")] = "greedy,default,oracle,mean,autodeco",
+    baseline: Annotated[Optional[str], typer.Option(help="The strategy the others are compared with, problem by problem (paired s.e. and bootstrap interval); default: autodeco if listed, else the first.")] = None,
     samples: Annotated[int, typer.Option(help="Samples per problem for sampled strategies (greedy takes 1).")] = 4,
     limit: Annotated[Optional[int], typer.Option(help="Use the first K problems of each task.")] = None,
     batch_size: Annotated[int, typer.Option(help="Sequences decoded together (a problem's samples prefill its prompt once, and the few-shot block is shared: bigger batches cost decode steps, not prefill).")] = 32,
@@ -314,6 +316,7 @@ def eval_command(
     prompt_style: PromptStyleOption = "auto",
     oracle_temperatures: Annotated[str, typer.Option(help="The oracle's T grid (at P=1).")] = ",".join(map(str, DEFAULT_ORACLE_TEMPERATURES)),
     oracle_top_ps: Annotated[str, typer.Option(help="The oracle's P grid (at the best T).")] = ",".join(map(str, DEFAULT_ORACLE_TOP_PS)),
+    oracle_dev_limit: Annotated[int, typer.Option(help="oracle-dev tunes on the first N problems of each task's dev split.")] = 200,
     seed: Annotated[int, typer.Option(help="Seed of every sample (the same for all strategies).")] = 0,
     dtype: DtypeOption = "auto",
     device: DeviceOption = None,
@@ -329,11 +332,11 @@ def eval_command(
 
     try:
         started = time.perf_counter()
-        _check_counts(samples=samples, batch_size=batch_size, max_new_tokens=max_new_tokens, limit=limit)
-        plan = EvalPlan(
+        _check_counts(samples=samples, batch_size=batch_size, max_new_tokens=max_new_tokens, limit=limit, oracle_dev_limit=oracle_dev_limit)
+        plan = EvalPlan(  # refuses an unknown --baseline, and oracle-dev on a task without a dev split
             tasks=[load_task(spec) for spec in task], strategies=parse_strategies(strategies), samples=samples, limit=limit,
             batch_size=batch_size, oracle_temperatures=parse_grid(oracle_temperatures, "--oracle-temperatures"),
-            oracle_top_ps=parse_grid(oracle_top_ps, "--oracle-top-ps"),
+            oracle_top_ps=parse_grid(oracle_top_ps, "--oracle-top-ps"), baseline=baseline, oracle_dev_limit=oracle_dev_limit,
         )
         prepare_output_dir(out_dir, overwrite=True, what="evaluation output")  # an earlier run's samples are resumed
         with _interruptible(lambda: f"the finished samples are saved in {out_dir / SAMPLES_NAME}; rerun the same command to continue"):

@@ -7,7 +7,7 @@ from autodeco.evaluation import tasks as registry
 from autodeco.evaluation.sandbox import run_python
 from autodeco.evaluation.tasks import load_task, parse_task_spec
 from autodeco.evaluation.tasks.answers import extract_answer, last_boxed, math_match, numeric_match, verifier
-from autodeco.evaluation.tasks.reasoning_gym import split_of
+from autodeco.evaluation.tasks.reasoning_gym import DEV_SEED, split_of
 
 EASY_ARITHMETIC = "reasoning_gym:basic_arithmetic,min_terms=2,max_terms=2,min_digits=1,max_digits=1,size=200"
 
@@ -95,12 +95,15 @@ def test_reasoning_gym_scores_the_reference_right_and_other_answers_wrong():
     assert task.score(problems[0], "   ").answer is None
 
 
-def test_reasoning_gym_train_split_and_shots_never_hold_test_questions():
+def test_reasoning_gym_train_dev_and_test_splits_and_shots_never_share_a_question():
     # a space of ~200 questions: any two seeds draw overlapping sets, the split keeps them apart
     chain_sum = "reasoning_gym:chain_sum,min_terms=2,max_terms=2,min_digits=1,max_digits=1"
     test_sums = {p.question for p in load_task(chain_sum + ",size=3000").problems()}
+    dev_sums = {p.question for p in load_task(chain_sum + ",split=dev,seed=5,size=3000").problems()}
     train_sums = {p.question for p in load_task(chain_sum + ",split=train,seed=5,size=3000").problems()}
-    assert len(test_sums) > 50 and len(train_sums) > 50 and not test_sums & train_sums
+    assert len(test_sums) > 50 and len(dev_sums) > 20 and len(train_sums) > 30
+    assert not test_sums & train_sums and not test_sums & dev_sums and not dev_sums & train_sums
+    assert len(dev_sums) < len(train_sums) < len(test_sums)  # 3/16, 5/16 and 1/2 of the space
     test = {p.question for p in load_task(EASY_ARITHMETIC).problems()}
     task = load_task(EASY_ARITHMETIC + ",split=train")
     train = task.problems()
@@ -111,6 +114,18 @@ def test_reasoning_gym_train_split_and_shots_never_hold_test_questions():
     assert prompt.endswith(f"Question: {train[0].question}\nAnswer:") and prompt.count("Question:") == 4
     assert load_task(EASY_ARITHMETIC).stop(chat=False) == ("\n",)
     assert task.prompt(train[0], chat=True)[0]["role"] == "user"
+
+
+def test_reasoning_gym_dev_task_is_the_same_configuration_on_dev_with_the_dev_seed():
+    test = load_task(EASY_ARITHMETIC + ",seed=5")  # a seed chosen for the test split is not the dev split's
+    dev = test.dev_task()
+    assert dev.name == EASY_ARITHMETIC + ",split=dev" and (dev.split, dev.seed, dev.config, dev.size) == ("dev", DEV_SEED, test.config, 200)
+    problems = dev.problems()
+    assert problems and all(split_of(p.question) == "dev" for p in problems)
+    assert not {p.question for p in problems} & {p.question for p in test.problems()}
+    assert load_task(dev.name).problems() == problems  # its name loads it again
+    assert load_task(EASY_ARITHMETIC + ",split=train").dev_task().name == EASY_ARITHMETIC + ",split=dev"
+    assert dev.dev_task() is None and load_task("jsonl:none.jsonl").dev_task() is None  # the dev split, and tasks without one
 
 
 def test_mmath_subsets_and_verification():

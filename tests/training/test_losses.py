@@ -12,8 +12,10 @@ from autodeco.training.losses import (
     dft_weights,
     easy_token_keep,
     scaled_logsumexp,
+    soft_top_p_gradient_in_p,
     soft_top_p_loss,
     soft_top_p_loss_reference,
+    target_cumulative_mass,
     temperature_loss,
 )
 
@@ -162,3 +164,41 @@ def test_soft_top_p_gradient_reaches_both_heads():
     soft_top_p_loss(logits, temperature, top_p, torch.randint(0, 40, (8,))).sum().backward()
     for head in (heads.temp_head, heads.top_p_head):
         assert head.mlp[0].weight.grad is not None and head.mlp[0].weight.grad.abs().sum() > 0
+
+
+def test_target_cumulative_mass_hand_worked():
+    # PROBS sorted: c = [.5, .75, .9, .97, 1]; at T = 0.5 p ∝ PROBS^2 = [.25, .0625, .0225, .0049, .0009] / .3408
+    logits = _logits().repeat(2, 1)
+    got = target_cumulative_mass(logits, torch.tensor([1.0, 0.5]), torch.tensor([2, 1]))
+    assert got.tolist() == pytest.approx([0.9, (0.25 + 0.0625) / 0.3408], rel=1e-5)
+
+
+@pytest.mark.parametrize("top_p", [0.3, 0.8, 0.95, 0.999])
+def test_soft_top_p_gradient_in_p_is_alpha_times_trimmed_share_minus_cut(top_p):
+    """dL/dP = alpha * (A - [c_y > P]) (see soft_top_p_gradient_in_p) against autograd of the reference."""
+    generator = torch.Generator().manual_seed(5)
+    logits = torch.randn(16, 60, generator=generator, dtype=torch.float64) * 2
+    temperature = torch.rand(16, generator=generator, dtype=torch.float64) + 0.4
+    targets = torch.cat([logits[:8].argmax(-1), torch.randint(0, 60, (8,), generator=generator)])
+    p = torch.full((16,), top_p, dtype=torch.float64, requires_grad=True)
+    loss = soft_top_p_loss_reference(logits, temperature, p, targets)
+    expected = torch.autograd.grad(loss.sum(), p)[0]
+    torch.testing.assert_close(soft_top_p_gradient_in_p(logits, temperature, p.detach(), targets), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_soft_top_p_loss_never_rewards_truncating_the_targets_own_distribution():
+    """Targets drawn from p = softmax(l / T) itself: the expected dL/dP, sum_y p_y dL/dP(y), is <= 0
+    at every P (P = 1 is optimal), although each in-nucleus target alone pushes P down."""
+    generator = torch.Generator().manual_seed(6)
+    vocab = 40
+    logits = torch.randn(5, vocab, generator=generator, dtype=torch.float64) * 2.5
+    temperature = torch.tensor([0.3, 0.6, 1.0, 1.0, 1.5], dtype=torch.float64)
+    probs = torch.softmax(logits / temperature.unsqueeze(-1), -1)
+    rows = torch.arange(5).repeat_interleave(vocab)
+    targets = torch.arange(vocab).repeat(5)
+    for top_p in (0.2, 0.5, 0.8, 0.9, 0.99, 0.999):
+        gradient = soft_top_p_gradient_in_p(logits[rows], temperature[rows], torch.full((5 * vocab,), top_p, dtype=torch.float64), targets)
+        expected = (probs.flatten() * gradient).view(5, vocab).sum(-1)
+        assert (expected <= 1e-9).all(), (top_p, expected)
+        inside = target_cumulative_mass(logits[rows], temperature[rows], targets).double() <= top_p - 1e-6
+        assert (gradient[inside] >= 0).all() and (gradient[~inside] < 0).all()

@@ -12,9 +12,11 @@ from safetensors.torch import load_file
 from autodeco import AutoDecoModelForCausalLM
 from autodeco.decoding import decode_to_tensors
 from autodeco.errors import AutoDecoError
+from autodeco.modeling import final_hidden_states, logits_from_hidden
 from autodeco.sampling import SamplingParams
 from autodeco.tiny import tiny_model
 from autodeco.training import checkpoints, trainer
+from autodeco.training.losses import soft_top_p_loss, target_cumulative_mass
 from autodeco.training.trainer import TrainConfig, TrainingDiverged, train
 
 PROMPT_LENGTH, NEW_TOKENS = 6, 24
@@ -167,7 +169,8 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, small_ru
 
 def test_bad_settings_are_named(tmp_path, small_run):
     for change, message in (({"losses": ("entropy",)}, "--losses must name"), ({"lr": -1.0}, "--lr must be"),
-                            ({"easy_token_drop": 1.5}, "--easy-token-drop"), ({"batch_size": 0}, "--batch-size")):
+                            ({"easy_token_drop": 1.5}, "--easy-token-drop"), ({"batch_size": 0}, "--batch-size"),
+                            ({"top_p_lr_scale": 0.0}, "--top-p-lr-scale")):
         with pytest.raises(AutoDecoError, match=message):
             train(TrainConfig(out=str(tmp_path / "x"), **{**small_run, **change}))
 
@@ -203,3 +206,37 @@ def test_nl_control_teaches_the_heads_to_follow_commands(tmp_path, tokenizer):
         shifts = torch.tensor([dt for dt, _, _ in moved[condition]]) * sign
         assert float(shifts.mean()) > 0.05 and float((shifts > 0).float().mean()) >= 0.8, (condition, moved[condition])
     assert float(torch.tensor([dp for _, dp, _ in moved["high"]]).mean()) > 0 > float(torch.tensor([dp for _, dp, _ in moved["low"]]).mean())
+
+
+def test_top_p_lr_scale_keeps_the_top_p_head_out_of_saturation(tmp_path, tokenizer):
+    """At a high lr the top-p head's sigmoid saturates (the shipped Gemma heads: pre-sigmoid ~18
+    after lr 5e-4): P is exactly 1.0 in float32, its gradient exactly 0, and no loss moves it
+    again, not even the soft top-p loss of targets inside the nucleus, which asks for a smaller
+    P. With --top-p-lr-scale the same run keeps P below 1, and that loss moves P down."""
+    base, data = _sampled_data(tmp_path, tokenizer, 1.0, rows=48)
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    ids = torch.tensor([r["prompt_ids"] + r["completion_ids"] for r in rows])
+    for scale in (1.0, 0.01):
+        model = train(TrainConfig(base=str(base), data=str(data), out=str(tmp_path / f"run-{scale}"), batch_size=8, lr=5e-2, max_steps=30,
+                                  top_p_lr_scale=scale, checkpoint_every=100, progress=False)).model
+        with torch.no_grad():
+            hidden = final_hidden_states(model.llm, ids, torch.ones_like(ids))[:, PROMPT_LENGTH - 1 : -1].reshape(-1, model.heads.hidden_size)
+            logits = logits_from_hidden(model.llm, hidden).float()
+        temperature, top_p = model.heads(hidden, logits)
+        targets = logits.argmax(-1)
+        inside = target_cumulative_mass(logits, temperature, targets) < top_p.detach()  # each of these asks for a smaller P
+        saturated = top_p.detach() == 1.0
+        head = list(model.heads.top_p_head.parameters())
+        losses = soft_top_p_loss(logits, temperature.detach(), top_p, targets)
+        if scale == 1.0:
+            assert saturated.float().mean() > 0.8 and (inside & saturated).float().mean() > 0.5
+            grads = torch.autograd.grad(losses[inside & saturated].sum(), head)
+            assert all((grad == 0).all() for grad in grads)  # no gradient reaches a saturated P
+        else:
+            assert not saturated.any() and inside.float().mean() > 0.5
+            grads = torch.autograd.grad(losses[inside].sum(), head)
+            with torch.no_grad():
+                for parameter, grad in zip(head, grads):
+                    parameter.sub_(1e-3 * grad.sign())  # one small sign-descent step, as Adam takes
+                after = model.heads(hidden, logits)[1]
+            assert after[inside].mean() < top_p.detach()[inside].mean() - 1e-4

@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from autodeco.evaluation.metrics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 from autodeco.io import atomic_write_text
 from autodeco.plots import pyplot, save_png, token_trace_figure
 
@@ -16,34 +17,54 @@ REPORT_NAME = "report.md"
 
 
 def results_document(model: str, heads: str | None, tasks: dict[str, dict[str, dict[str, Any]]], **extra: Any) -> dict[str, Any]:
-    """The ``results.json`` shape: ``{"model", "heads", "created", "tasks": {TASK: {STRATEGY: metrics}}}``."""
+    """The ``results.json`` shape: ``{"model", "heads", "created", "tasks": {TASK: {STRATEGY: metrics}}}``; the
+    metrics of every strategy but the baseline hold ``paired``, its per-problem comparison with the baseline
+    (:func:`autodeco.evaluation.metrics.paired_comparison`)."""
     return {"model": model, "heads": heads, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra, "tasks": tasks}
+
+
+TUNED_ON = {"test": "tuned on the test set", "dev": "tuned on dev"}
+HIDDEN_PARAMS = ("grid", "sweep", "tuned_on", "dev_task")  # in results.json only
 
 
 def _cell(value: float, stderr: float | None = None, digits: int = 3) -> str:
     return f"{value:.{digits}f}" + (f" ± {stderr:.{digits}f}" if stderr is not None else "")
 
 
+def _paired_cell(difference: dict[str, Any]) -> str:
+    """``+0.031 ± 0.012 [+0.008, +0.055]``: mean paired difference ± its s.e. [bootstrap 95% interval]."""
+    low, high = difference["ci95"]
+    return f"{difference['diff']:+.3f} ± {difference['stderr']:.3f} [{low:+.3f}, {high:+.3f}]"
+
+
 def markdown_report(document: dict[str, Any]) -> str:
     """One table per task: strategy x metric, the best pass@1 in bold (ties too; none when all
-    are 0), ± one standard error."""
+    are 0), ± one standard error, and each strategy's paired difference from the baseline."""
     lines = [f"# Evaluation: {document['model']}", "", f"- heads: {document['heads'] or 'none'}", f"- created: {document['created']}"]
     lines += [f"- {key.replace('_', ' ')}: {value}" for key, value in document.items() if key not in ("model", "heads", "created", "tasks")]
     for task, strategies in document["tasks"].items():
         best = max(m["pass@1"] for m in strategies.values())
         open_ended = any("distinct_2" in m for m in strategies.values())
-        extras = sorted({k for m in strategies.values() for k in m if f"{k}_stderr" in m})
-        header = ["strategy", "pass@1", "pass@k", "no answer", "mean T (sd)", "mean P (sd)", "length", "tok/s", *extras]
+        extras = sorted({k for m in strategies.values() for k in m if f"{k}_stderr" in m and k != "majority"})  # majority has its column
+        paired = next((m["paired"] for m in strategies.values() if "paired" in m), None)
+        header = ["strategy", "pass@1", "pass@k", "majority"]
+        header += [f"Δ pass@1 vs {paired['baseline']} (paired s.e., 95% bootstrap)", f"Δ majority vs {paired['baseline']}"] if paired else []
+        header += ["no answer", "mean T (sd)", "mean P (sd)", "length", "tok/s", *extras]
         header += ["distinct-2"] if open_ended else []
         header.append("params")
         lines += ["", f"## {task}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for label, m in strategies.items():
             pass1 = _cell(m["pass@1"], m["stderr"])
             k_max = max(m["pass@k"], key=int)
-            params = {k: v for k, v in m["params"].items() if k not in ("grid", "sweep", "tuned_on_test_set")}
-            name = f"{label} (tuned on the test set)" if m["params"].get("tuned_on_test_set") else label
+            params = {k: v for k, v in m["params"].items() if k not in HIDDEN_PARAMS}
+            name = f"{label} ({TUNED_ON[m['params']['tuned_on']]})" if "tuned_on" in m["params"] else label
             row = [
                 name, f"**{pass1}**" if best > 0 and math.isclose(m["pass@1"], best) else pass1, f"{_cell(m['pass@k'][k_max])} (k={k_max})",
+                f"{_cell(m['majority'], m['majority_stderr'])} (k={m['samples']})",
+            ]
+            if paired:
+                row += [_paired_cell(m["paired"][metric]) if "paired" in m else "baseline" for metric in ("pass@1", "majority")]
+            row += [
                 str(m["no_answer"]), f"{m['mean_temperature']:.2f} ({m['std_temperature']:.2f})", f"{m['mean_top_p']:.2f} ({m['std_top_p']:.2f})",
                 f"{m['mean_length']:.1f}", f"{m['tokens_per_s']:.1f}", *[_cell(m[e], m[f"{e}_stderr"]) for e in extras],
             ]
@@ -53,8 +74,14 @@ def markdown_report(document: dict[str, Any]) -> str:
         lines.append("")
         lines.append(f"{next(iter(strategies.values()))['n_problems']} problems; samples per problem: "
                      + ", ".join(f"{label} {m['samples']}" for label, m in strategies.items()) + ".")
+        if paired:
+            lines += ["", f"Δ: each strategy minus the baseline, {paired['baseline']}, problem by problem over the {paired['n']} problems "
+                      "both ran (the same seed for a given problem and sample): the mean difference ± its standard error, and "
+                      f"[a 95% percentile interval from {BOOTSTRAP_RESAMPLES:,} bootstrap resamples of the problems, seed {BOOTSTRAP_SEED}]."]
     lines += ["", "pass@1 is the mean over problems of the share of correct samples, ± one standard error over problems.",
-              "pass@k is unbiased (Chen et al., 2021). 'no answer' counts samples with no answer to extract (scored wrong).", ""]
+              "pass@k is unbiased (Chen et al., 2021). 'no answer' counts samples with no answer to extract (scored wrong).",
+              "majority is self-consistency over a problem's k samples: its most frequent answer (whitespace and case ignored, "
+              "ties to the first seen; samples without an answer do not vote) decides it.", ""]
     return "\n".join(lines)
 
 

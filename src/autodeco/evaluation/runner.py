@@ -6,7 +6,8 @@ where it stopped: work is split into fixed batches of the full (problem, sample)
 already on disk is never redone, unless the task now builds another prompt for it.
 ``OUT/run.json`` records the settings that shape the samples; resuming with other settings is
 refused. Each (problem, sample) pair gets one seed, shared by all strategies (common random
-numbers make the differences between strategies less noisy).
+numbers make the differences between strategies less noisy), and every strategy but the baseline
+is compared with it problem by problem (``paired`` in its metrics).
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from autodeco.engine import generate
 from autodeco.errors import AutoDecoError
-from autodeco.evaluation.metrics import summarise
+from autodeco.evaluation.metrics import paired_comparison, summarise
 from autodeco.evaluation.strategies import (
-    AUTODECO, DEFAULT_ORACLE_TEMPERATURES, DEFAULT_ORACLE_TOP_PS, Decoding, Strategy, mean_decoding, static_decoding,
+    AUTODECO, DEFAULT_ORACLE_TEMPERATURES, DEFAULT_ORACLE_TOP_PS, Decoding, Strategy, mean_decoding, resolve_baseline, static_decoding,
 )
 from autodeco.evaluation.tasks import Problem, Task
 from autodeco.io import atomic_write_text, prepare_output_dir
@@ -61,7 +62,12 @@ class EvalSettings:
 
 @dataclass(frozen=True)
 class EvalPlan:
-    """What to evaluate: these may grow between runs of the same OUT (more tasks, problems, samples)."""
+    """What to evaluate: these may grow between runs of the same OUT (more tasks, problems, samples).
+
+    ``baseline``: the strategy the others are compared with (None: autodeco if listed, else the
+    first); ``oracle_dev_limit``: how many dev problems ``oracle-dev`` tunes on. A plan that cannot
+    run (an unknown baseline, oracle-dev on a task without a dev split) is refused when made.
+    """
 
     tasks: list[Task]
     strategies: list[Strategy]
@@ -70,6 +76,18 @@ class EvalPlan:
     batch_size: int = 32
     oracle_temperatures: tuple[float, ...] = DEFAULT_ORACLE_TEMPERATURES
     oracle_top_ps: tuple[float, ...] = DEFAULT_ORACLE_TOP_PS
+    baseline: str | None = None
+    oracle_dev_limit: int = 200
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "baseline", resolve_baseline(self.strategies, self.baseline))
+        if any(s.kind == "oracle-dev" for s in self.strategies):
+            for task in self.tasks:
+                if task.dev_task() is None:
+                    raise AutoDecoError(
+                        f"task {task.name!r} has no dev split apart from its own problems; oracle-dev needs one "
+                        "(reasoning_gym tasks have split=dev); drop oracle-dev or use oracle"
+                    )
 
 
 def file_sha256(path: Path) -> str:
@@ -180,39 +198,47 @@ class Evaluator:
         return results
 
     def _run_task(self, task: Task, problems: list[Problem], plan: EvalPlan) -> dict[str, dict[str, Any]]:
-        def measure(decoding: Decoding) -> dict[str, Any]:
-            records = self.samples(task, problems, decoding, plan)
-            return {**summarise(records, task.open_ended), "params": decoding.settings()}
-
         results: dict[str, dict[str, Any]] = {}
-        for strategy in sorted(plan.strategies, key=lambda s: s.kind in ("oracle", "mean")):  # derived ones last
-            if strategy.decoding is not None:
-                results[strategy.label] = measure(strategy.decoding)
-            elif strategy.kind == "oracle":
-                results[strategy.label] = self._oracle(measure, plan)
-            else:
-                results[strategy.label] = measure(mean_decoding(self.samples(task, problems, AUTODECO, plan)))
-                results[strategy.label]["params"]["from"] = "mean T and P of autodeco on this task"
+        records: dict[str, list[dict[str, Any]]] = {}  # each strategy's records behind its metrics
+        for strategy in sorted(plan.strategies, key=lambda s: s.decoding is None):  # derived ones last
+            decoding, notes = self._decoding(strategy, task, problems, plan)
+            records[strategy.label] = self.samples(task, problems, decoding, plan)
+            results[strategy.label] = {**summarise(records[strategy.label], task.open_ended), "params": {**decoding.settings(), **notes}}
+        for label, metrics in results.items():
+            if label != plan.baseline:
+                metrics["paired"] = paired_comparison(records[label], records[plan.baseline], plan.baseline)
         return {s.label: results[s.label] for s in plan.strategies}
 
-    @staticmethod
-    def _oracle(measure: Callable[[Decoding], dict[str, Any]], plan: EvalPlan) -> dict[str, Any]:
-        """The paper's oracle: the best T at P=1, then the best P at that T (first best on ties)."""
+    def _decoding(self, strategy: Strategy, task: Task, problems: list[Problem], plan: EvalPlan) -> tuple[Decoding, dict[str, Any]]:
+        """The decoding a strategy measures on ``problems``, and what its report says of how it was chosen."""
+        if strategy.decoding is not None:
+            return strategy.decoding, {}
+        if strategy.kind == "oracle":
+            decoding, search = self._oracle(task, problems, plan)
+            return decoding, {"tuned_on": "test", **search}
+        if strategy.kind == "oracle-dev":
+            dev = task.dev_task()
+            dev_problems = dev.problems()[: plan.oracle_dev_limit]
+            if not dev_problems:
+                raise AutoDecoError(f"task {dev.name!r} has no problems to tune oracle-dev on")
+            decoding, search = self._oracle(dev, dev_problems, plan)
+            return decoding, {"tuned_on": "dev", "dev_task": dev.name, "dev_problems": len(dev_problems), **search}
+        return mean_decoding(self.samples(task, problems, AUTODECO, plan)), {"from": "mean T and P of autodeco on this task"}
+
+    def _oracle(self, task: Task, problems: list[Problem], plan: EvalPlan) -> tuple[Decoding, dict[str, Any]]:
+        """The paper's oracle search on these problems: the best T at P=1, then the best P at that
+        T (first best on ties, by pass@1). Returns the winner and ``{"grid", "sweep"}`` (pass@1 of
+        every decoding tried)."""
         sweep: dict[str, float] = {}
 
-        def best(decodings: list[Decoding]) -> tuple[Decoding, dict[str, Any]]:
-            scored = [(d, measure(d)) for d in decodings]
-            sweep.update({d.key: m["pass@1"] for d, m in scored})
-            return max(scored, key=lambda pair: pair[1]["pass@1"])
+        def best(decodings: list[Decoding]) -> Decoding:
+            for decoding in decodings:
+                sweep[decoding.key] = summarise(self.samples(task, problems, decoding, plan))["pass@1"]
+            return max(decodings, key=lambda d: sweep[d.key])
 
-        best_t, _ = best([static_decoding(t, 1.0) for t in plan.oracle_temperatures])
-        temperature = best_t.params.temperature
-        winner, metrics = best([static_decoding(temperature, p) for p in plan.oracle_top_ps])
-        metrics["params"] = {
-            **winner.settings(), "tuned_on_test_set": True,
-            "grid": {"temperature": list(plan.oracle_temperatures), "top_p": list(plan.oracle_top_ps)}, "sweep": sweep,
-        }
-        return metrics
+        temperature = best([static_decoding(t, 1.0) for t in plan.oracle_temperatures]).params.temperature
+        winner = best([static_decoding(temperature, p) for p in plan.oracle_top_ps])
+        return winner, {"grid": {"temperature": list(plan.oracle_temperatures), "top_p": list(plan.oracle_top_ps)}, "sweep": sweep}
 
     def samples(self, task: Task, problems: list[Problem], decoding: Decoding, plan: EvalPlan) -> list[dict[str, Any]]:
         """All records of ``decoding`` on these problems, generating the missing ones."""

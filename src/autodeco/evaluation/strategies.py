@@ -2,10 +2,11 @@
 
 Fixed strategies map to one :class:`Decoding`: ``greedy``, ``default`` (T=1, P=1), ``static:T[,P]``,
 ``min_p:M[,T]``, ``dynatemp:LOW,HIGH[,EXPONENT]`` (entropy-based T) and
-``autodeco[:temperature_scale=..,top_p_scale=..,t_min=..,t_max=..,p_min=..,p_max=..]``. Two derive
+``autodeco[:temperature_scale=..,top_p_scale=..,t_min=..,t_max=..,p_min=..,p_max=..]``. Three derive
 theirs from other results on the same task: ``oracle`` (the paper's protocol: sweep T at P=1, then P
-at the best T; tuned on the test set, and flagged so) and ``mean`` (static at the mean T and P that
-``autodeco`` used on this task). Decodings with equal settings share their samples (``default`` and
+at the best T; tuned on the test set, and flagged so), ``oracle-dev`` (the same sweep on the task's
+dev split, then measured on the test problems: a fair oracle) and ``mean`` (static at the mean T and
+P that ``autodeco`` used on this task). Decodings with equal settings share their samples (``default`` and
 ``static:1,1`` are one run), and every decoding uses the same seed for a given problem and sample.
 """
 
@@ -18,7 +19,7 @@ from autodeco.errors import AutoDecoError
 from autodeco.sampling import SamplingParams
 
 FIXED_KINDS = ("greedy", "default", "static", "min_p", "dynatemp", "autodeco")
-DERIVED_KINDS = ("oracle", "mean")
+DERIVED_KINDS = ("oracle", "oracle-dev", "mean")
 KINDS = FIXED_KINDS + DERIVED_KINDS
 AUTODECO_OPTIONS = ("temperature_scale", "top_p_scale", "t_min", "t_max", "p_min", "p_max")
 DEFAULT_ORACLE_TEMPERATURES = tuple(round(0.1 * i, 1) for i in range(1, 11))  # the paper: step 0.1 at P=1
@@ -69,6 +70,17 @@ class Strategy:
     def uses_heads(self) -> bool:
         """Needs the learned T and P: autodeco itself, or mean (derived from autodeco's samples)."""
         return self.kind == "mean" or (self.decoding is not None and self.decoding.uses_heads)
+
+
+def resolve_baseline(strategies: list[Strategy], baseline: str | None) -> str | None:
+    """The label the other strategies are compared with: ``baseline`` if given (it must be one of
+    the strategies), else ``autodeco`` when it is among them, else the first (None if there is none)."""
+    labels = [s.label for s in strategies]
+    if baseline is None:
+        return "autodeco" if "autodeco" in labels else next(iter(labels), None)
+    if baseline not in labels:
+        raise AutoDecoError(f"--baseline {baseline!r} is not among the strategies; choose one of: {', '.join(labels)}")
+    return baseline
 
 
 def _number(text: str, what: str) -> float:
@@ -148,7 +160,7 @@ def _unknown_strategy(name: str) -> str:
 
 
 def parse_strategies(text: str) -> list[Strategy]:
-    """``greedy,default,static:0.6,0.95,oracle,mean,autodeco`` -> strategies, in order.
+    """``greedy,default,static:0.6,0.95,oracle,oracle-dev,mean,autodeco`` -> strategies, in order.
 
     Commas separate strategies and also their arguments: a number or a ``key=value`` belongs to
     the strategy before it; any other piece must be a strategy name.

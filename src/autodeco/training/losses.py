@@ -12,6 +12,9 @@ docstring for the bound). :func:`autodeco_losses` computes both losses at once, 
 vocabulary-sized work; the trainer calls it. The vocabulary-sized work of both fast losses runs without autograd;
 :class:`ScaledLogSumExp` supplies the exact gradient with respect to T in closed form, so no
 ``[N, V]`` tensor is kept for the backward pass.
+
+Why the soft top-p loss drives P to 1 on self-generated data: see
+:func:`soft_top_p_gradient_in_p` and ``benchmarks/results/evidence-gemma-3-270m/top-p-saturation/README.md``.
 """
 
 from __future__ import annotations
@@ -108,6 +111,57 @@ def soft_top_p_loss_reference(
     masked = probs * mask
     renormalised = masked / (masked.sum(dim=-1, keepdim=True) + RENORM_EPS)
     return -torch.log(renormalised.gather(-1, targets.unsqueeze(-1)).squeeze(-1) + RENORM_EPS)
+
+
+@torch.no_grad()
+def target_cumulative_mass(logits: torch.Tensor, temperature: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``[N]``: c_y, the probability mass of the target and of every token ranked above it under
+    p = softmax(l / T) (T detached, clamped as in the soft top-p loss): the smallest top-p whose
+    soft mask leaves the target whole (m_y = 1 iff c_y <= P). Tokens tied with y count as above
+    it. (The hard nucleus keeps y already for P > c_y - p_y.)"""
+    shifted = _shift_to_max(logits)
+    temperature = temperature.detach().float().clamp_min(TOP_P_TEMPERATURE_EPS)
+    return _target_mass(shifted, temperature, targets, scaled_logsumexp(shifted, temperature))
+
+
+def _target_mass(shifted: torch.Tensor, temperature: torch.Tensor, targets: torch.Tensor, log_norm: torch.Tensor) -> torch.Tensor:
+    """:func:`target_cumulative_mass` of logits shifted to max 0, given their log-normaliser."""
+    target_logit = shifted.gather(-1, targets.unsqueeze(-1))
+    return torch.exp(scaled_logsumexp(shifted, temperature, where=shifted >= target_logit) - log_norm).clamp_max(1.0)
+
+
+def soft_top_p_gradient_in_p(
+    logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, targets: torch.Tensor, alpha: float = DEFAULT_ALPHA
+) -> torch.Tensor:
+    """``[N]``: dL/dP of :func:`soft_top_p_loss_reference`, in closed form (no autograd).
+
+    With m_i = exp(-alpha * relu(c_i - P)) and Z = sum_i p_i m_i, L = -log p_y - log m_y + log Z,
+    so (before the 1e-9 guards)
+
+        dL/dP = alpha * (A - [c_y > P]),   A = sum_{i: c_i > P} p_i m_i / Z,
+
+    A being the share of the softly kept mass that lies past P. A target inside the soft nucleus
+    (c_y <= P) gives alpha * A >= 0: a smaller P helps it, by as much as the mask already trims.
+    The tokens past P hold at most 1 - P + p_j (p_j: the token straddling P), so near P = 1,
+    past all but a tail of small tokens, that push vanishes. A target past P gives
+    -alpha * (1 - A), about -alpha: a strong push up. Over targets drawn from p itself,
+    Pr(c_y > P) = sum_{i: c_i > P} p_i >= A, so the expected gradient is never positive and P = 1
+    is the optimum: the loss is a log-likelihood, and truncating the distribution the targets
+    come from only loses.
+    The guards multiply this by r / (r + 1e-9), r = p_y m_y / (Z + 1e-9), and Z by Z / (Z + 1e-9):
+    a target cut so deeply that r ~ 1e-9 gets no gradient at all.
+    """
+    probs = torch.softmax(logits.double() / temperature.double().clamp_min(TOP_P_TEMPERATURE_EPS).unsqueeze(-1), dim=-1)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    cumulative = sorted_probs.cumsum(dim=-1)
+    top_p = top_p.double().unsqueeze(-1)
+    kept = sorted_probs * _decay(cumulative, top_p, alpha)
+    normaliser = kept.sum(dim=-1) + RENORM_EPS
+    tail_share = (kept * (cumulative > top_p)).sum(dim=-1) / normaliser
+    target_rank = (order == targets.unsqueeze(-1)).double().argmax(dim=-1, keepdim=True)
+    target_cut = cumulative.gather(-1, target_rank).squeeze(-1) > top_p.squeeze(-1)
+    ratio = kept.gather(-1, target_rank).squeeze(-1) / normaliser
+    return alpha * (tail_share - target_cut.double()) * ratio / (ratio + RENORM_EPS)
 
 
 def _decay(cumulative: torch.Tensor, top_p: torch.Tensor, alpha: float) -> torch.Tensor:

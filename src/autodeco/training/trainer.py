@@ -82,6 +82,7 @@ class TrainConfig:
     easy_token_drop: float = DEFAULT_EASY_TOKEN_DROP
     easy_token_scope: Literal["temperature", "both"] = "temperature"
     alpha: float = DEFAULT_ALPHA
+    top_p_lr_scale: float = 1.0  # the top-p head's lr is lr * this: < 1 keeps its sigmoid out of float32 saturation (P == 1, no gradient)
     nl_control: bool = False
     nl_weight: float = 1.0
     nl_margin: float = DEFAULT_T_MARGIN
@@ -118,6 +119,8 @@ class TrainConfig:
             raise AutoDecoError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.alpha <= 0:
             raise AutoDecoError(f"--alpha (soft top-p steepness) must be positive, got {self.alpha}")
+        if not (self.top_p_lr_scale > 0 and math.isfinite(self.top_p_lr_scale)):
+            raise AutoDecoError(f"--top-p-lr-scale must be a positive number, got {self.top_p_lr_scale}")
         if not (self.nl_weight >= 0 and math.isfinite(self.nl_weight)) or not (self.nl_margin > 0 and math.isfinite(self.nl_margin)) or self.nl_variants < 1:
             raise AutoDecoError(f"--nl-weight must be >= 0, --nl-margin > 0 and --nl-variants >= 1, got {self.nl_weight}, {self.nl_margin}, {self.nl_variants}")
         for name, value, allowed in (("--schedule", self.schedule, ("cosine", "constant")), ("--easy-token-scope", self.easy_token_scope, ("temperature", "both")),
@@ -133,6 +136,7 @@ class TrainConfig:
         """The settings a resumed run must share with the checkpoint (others, e.g. --max-steps, may change)."""
         keys = ("base", "losses", "dft", "easy_token_drop", "easy_token_scope", "alpha", "seed", "batch_size", "grad_accum", "max_length", "overflow", "lr", "schedule",
                 "warmup_ratio", "weight_decay", "nl_control", "nl_weight", "nl_margin", "nl_variants")
+        keys += ("top_p_lr_scale",) if self.top_p_lr_scale != 1.0 else ()  # absent at 1: checkpoints from before the option still resume
         values = asdict(self)
         return {k: list(values[k]) if isinstance(values[k], tuple) else values[k] for k in keys}
 
@@ -201,12 +205,17 @@ class Trainer:
         self.out = Path(config.out)
         self.device = model.llm.get_output_embeddings().weight.device
         heads = model.heads
-        self.trainable = [p for head, on in ((heads.temp_head, heads.enable_temperature_head), (heads.top_p_head, heads.enable_top_p_head)) if on for p in head.parameters()]
+        temperature_parameters = list(heads.temp_head.parameters()) if heads.enable_temperature_head else []
+        top_p_parameters = list(heads.top_p_head.parameters()) if heads.enable_top_p_head else []
+        self.trainable = temperature_parameters + top_p_parameters
         for parameter in model.heads.parameters():
             parameter.requires_grad_(False)
         for parameter in self.trainable:
             parameter.requires_grad_(True)
-        self.optimizer = torch.optim.AdamW(self.trainable, lr=config.lr, weight_decay=config.weight_decay)
+        # --top-p-lr-scale: the top-p head in its own group (only then, so older checkpoints' optimizer state still loads)
+        groups = ([{"params": temperature_parameters}] if temperature_parameters else []) + [{"params": top_p_parameters, "lr": config.lr * config.top_p_lr_scale}]
+        scaled = config.top_p_lr_scale != 1.0 and top_p_parameters
+        self.optimizer = torch.optim.AdamW(groups if scaled else self.trainable, lr=config.lr, weight_decay=config.weight_decay)
         self.micro_per_epoch, self.steps_per_epoch, self.total_steps = _schedule_lengths(len(examples), config, state.num_processes)
         self.scheduler = get_scheduler(
             "cosine" if config.schedule == "cosine" else "constant_with_warmup",

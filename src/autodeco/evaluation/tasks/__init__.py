@@ -60,10 +60,15 @@ class Task(ABC):
     def score(self, problem: Problem, completion: str) -> Score:
         """Extract the answer from ``completion`` and verify it."""
 
+    def dev_task(self) -> Task | None:
+        """The same task on a dev split that shares no problem with :meth:`problems`, for choices
+        tuned before measuring (the ``oracle-dev`` strategy's T and P); None when there is none."""
+        return None
+
 
 TaskFactory = Callable[[str | None, dict[str, str]], Task]
 _FAMILIES: dict[str, TaskFactory] = {}
-_BUILTIN_MODULES = ("reasoning_gym", "mmath", "ifeval", "humaneval", "jsonl")
+_BUILTIN_MODULES = ("reasoning_gym", "mmath", "ifeval", "humaneval", "jsonl", "shakespeare")
 
 
 _TRAIN_SPLIT_FAMILIES: set[str] = set()

@@ -1,14 +1,16 @@
 """reasoning_gym:<dataset>: procedurally generated problems with their own scorers.
 
-The question space is split in two by a hash of each question's text: the test split keeps
-questions in one half, ``split=train`` those in the other, so training data and evaluation never
-share a question, whatever the seeds and sizes (small spaces such as one-digit sums included).
-Within a split each question appears once. Few-shot examples come from the train half.
+The question space is split in three by a hash of each question's text: ``test`` keeps half of
+it, ``dev`` 3/16 and ``train`` 5/16, so training data, the choices made on dev (an oracle's T and P,
+a training variant) and the evaluation never share a question, whatever the seeds and sizes (small
+spaces such as one-digit sums included). Within a split each question appears once. Few-shot
+examples come from the train part.
 
-Options: ``split`` (``test`` by default, or ``train``), ``seed`` (the generator's seed; each split
-has its own default), ``size`` (questions drawn before the split and de-duplication, default
-1000), ``shots`` (few-shot examples for base models, default 3), and any keyword of the dataset's
-config (``min_terms=2``, ...).
+Options: ``split`` (``test`` by default, ``dev`` or ``train``), ``seed`` (the generator's seed;
+each split has its own default), ``size`` (questions drawn before the split and de-duplication,
+default 1000), ``shots`` (few-shot examples for base models, default 3), ``worked`` (``true``:
+the few-shot answers are worked one-line solutions ending in "The answer is X", see
+:mod:`autodeco.evaluation.tasks.worked`), and any keyword of the dataset's config (``min_terms=2``, ...).
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ from autodeco.engine import Prompt
 from autodeco.errors import AutoDecoError
 from autodeco.evaluation.tasks import Problem, Score, Task, few_shot_prompt, register_task, require, user_turn
 from autodeco.evaluation.tasks.answers import extract_answer
+from autodeco.evaluation.tasks.worked import FORMATTERS, worked_answer
 
 TEST_SEED = 20_260
 TRAIN_SEED = 7_777_777
+DEV_SEED = 31_337
 SHOT_SEED = 99_991  # few-shot examples: a third seed, from the train half
 DEFAULT_SIZE = 1000
-OWN_OPTIONS = {"seed": int, "size": int, "shots": int, "split": str}
+OWN_OPTIONS = {"seed": int, "size": int, "shots": int, "split": str, "worked": str}
 
 
 def _value(text: str) -> Any:
@@ -39,9 +43,13 @@ def _value(text: str) -> Any:
     return {"true": True, "false": False}.get(text.lower(), text)
 
 
+SPLITS = {"test": TEST_SEED, "dev": DEV_SEED, "train": TRAIN_SEED}
+
+
 def split_of(question: str) -> str:
-    """``test`` or ``train``: which half of the question space a question belongs to."""
-    return "test" if hashlib.blake2b(question.encode("utf-8"), digest_size=8).digest()[0] < 128 else "train"
+    """``test``, ``dev`` or ``train``: which part of the question space a question belongs to."""
+    byte = hashlib.blake2b(question.encode("utf-8"), digest_size=8).digest()[0]
+    return "test" if byte < 128 else "dev" if byte < 176 else "train"
 
 
 class ReasoningGymTask(Task):
@@ -51,14 +59,20 @@ class ReasoningGymTask(Task):
         if dataset not in known:
             raise AutoDecoError(f"reasoning_gym has no dataset {dataset!r}; it has: {', '.join(known)}")
         self.dataset_name = dataset
+        self.options = options
         own = {key: options[key] for key in OWN_OPTIONS if key in options}
         self.config = {key: _value(value) for key, value in options.items() if key not in OWN_OPTIONS}
         self.split = own.get("split", "test")
-        if self.split not in ("test", "train"):
-            raise AutoDecoError(f"reasoning_gym split={self.split!r} is unknown; use test or train")
+        if self.split not in SPLITS:
+            raise AutoDecoError(f"reasoning_gym split={self.split!r} is unknown; use {', '.join(SPLITS)}")
         self.size = int(own.get("size", DEFAULT_SIZE))
-        self.seed = int(own.get("seed", TEST_SEED if self.split == "test" else TRAIN_SEED))
+        self.seed = int(own.get("seed", SPLITS[self.split]))
         self.shots = int(own.get("shots", 3))
+        self.worked = _value(own.get("worked", "false"))
+        if self.worked not in (True, False):
+            raise AutoDecoError(f"reasoning_gym worked={own['worked']!r}: write worked=true or worked=false")
+        if self.worked and dataset not in FORMATTERS:
+            raise AutoDecoError(f"reasoning_gym worked=true has worked answers for {', '.join(FORMATTERS)} only, not {dataset!r}")
         self._datasets: dict[int, Any] = {}
 
     def _dataset(self, seed: int) -> Any:
@@ -83,8 +97,9 @@ class ReasoningGymTask(Task):
 
     @cached_property
     def few_shots(self) -> list[tuple[str, str]]:
-        """Worked examples from a third seed and the train half: never a test question."""
-        return [(e["question"], str(e["answer"])) for _, e in self._entries(SHOT_SEED, "train")[: self.shots]]
+        """Worked examples from a third seed and the train part: never a test or dev question."""
+        entries = [e for _, e in self._entries(SHOT_SEED, "train")[: self.shots]]
+        return [(e["question"], worked_answer(self.dataset_name, e) if self.worked else str(e["answer"])) for e in entries]
 
     def prompt(self, problem: Problem, chat: bool) -> Prompt:
         if chat:
@@ -100,6 +115,17 @@ class ReasoningGymTask(Task):
             return Score(False, None)
         value = self._dataset(self.seed).score_answer(answer, problem.reference)
         return Score(value is not None and float(value) >= 1.0, answer)
+
+    def dev_task(self) -> Task | None:
+        """This configuration on the dev split, drawn with the dev split's own seed (a ``seed=``
+        chosen for this split is not carried over) and named ``reasoning_gym:DATASET[,...],split=dev``
+        so its samples are filed apart; None when this task is the dev split."""
+        if self.split == "dev":
+            return None
+        options = {key: value for key, value in self.options.items() if key not in ("split", "seed")} | {"split": "dev"}
+        dev = ReasoningGymTask(self.dataset_name, options)
+        dev.name = f"reasoning_gym:{self.dataset_name}" + "".join(f",{key}={value}" for key, value in options.items())
+        return dev
 
 
 @register_task("reasoning_gym", has_train_split=True)
