@@ -5,9 +5,10 @@ import pytest
 from autodeco.errors import AutoDecoError
 from autodeco.evaluation import tasks as registry
 from autodeco.evaluation.sandbox import run_python
-from autodeco.evaluation.tasks import load_task, parse_task_spec
+from autodeco.evaluation.tasks import Problem, load_task, parse_task_spec
 from autodeco.evaluation.tasks.answers import extract_answer, last_boxed, math_match, numeric_match, verifier
 from autodeco.evaluation.tasks.reasoning_gym import DEV_SEED, split_of
+from autodeco.evaluation.tasks.worked import worked_answer
 
 EASY_ARITHMETIC = "reasoning_gym:basic_arithmetic,min_terms=2,max_terms=2,min_digits=1,max_digits=1,size=200"
 
@@ -197,3 +198,26 @@ def test_jsonl_task_verifies_and_names_bad_lines(tmp_path):
             load_task(f"jsonl:{path}").problems()
     with pytest.raises(AutoDecoError, match="does not exist"):
         load_task(f"jsonl:{tmp_path / 'none.jsonl'}").problems()
+
+
+@pytest.mark.parametrize("spec", [
+    "reasoning_gym:chain_sum,min_terms=2,max_terms=4,min_digits=1,max_digits=2,worked=true,size=300",
+    "reasoning_gym:letter_counting,min_words=1,max_words=4,worked=true,size=300",
+])
+def test_worked_few_shot_answers_show_the_steps_and_score_as_their_answer(spec):
+    task = load_task(spec)
+    assert task.few_shots and all(" = " in answer and answer.count("The answer is") == 1 for _, answer in task.few_shots)
+    for entry in task._dataset(task.seed):  # every worked line ends in the dataset's own answer, and scores right
+        line = worked_answer(task.dataset_name, entry)
+        assert line.endswith(f"The answer is {entry['answer']}")
+        assert task.score(Problem("x", entry["question"], entry), " " + line).correct
+    assert "\n" not in "".join(answer for _, answer in task.few_shots)  # one line: the stop string ends the answer
+    plain = load_task(spec.replace("worked=true", "worked=false"))
+    assert [q for q, _ in plain.few_shots] == [q for q, _ in task.few_shots] and plain.few_shots != task.few_shots
+
+
+def test_worked_answers_are_refused_where_there_is_no_formatter_or_the_value_is_not_a_boolean():
+    with pytest.raises(AutoDecoError, match="worked answers for chain_sum, letter_counting only, not 'gcd'"):
+        load_task("reasoning_gym:gcd,worked=true")
+    with pytest.raises(AutoDecoError, match="write worked=true or worked=false"):
+        load_task("reasoning_gym:chain_sum,worked=maybe")
