@@ -45,7 +45,7 @@ from autodeco.evaluation.runner import EvalPlan, EvalSettings, Evaluator, file_s
 from autodeco.evaluation.strategies import AUTODECO, Decoding, mean_decoding, parse_strategies
 from autodeco.evaluation.tasks import Problem, load_task
 from autodeco.evaluation.tasks.shakespeare import VERSION as DATA_VERSION, ShakespeareTask
-from autodeco.io import atomic_write_text
+from autodeco.io import atomic_write_text, read_jsonl_resuming
 from autodeco.models import resolve_heads
 from autodeco.plots import pyplot, save_png
 
@@ -64,21 +64,8 @@ class ScoreStore:
     (a line cut short by a crash is cut from the file)."""
 
     def __init__(self, path: Path) -> None:
-        self.path, self.scores = path, {}
-        data = path.read_bytes() if path.is_file() else b""
-        good = 0
-        for line in data.splitlines(keepends=True):
-            try:
-                record = json.loads(line) if line.endswith(b"\n") else None
-            except json.JSONDecodeError:
-                record = None
-            if record is None:
-                break
-            self.scores[record["key"]] = record
-            good += len(line)
-        if good < len(data):
-            with path.open("r+b") as handle:
-                handle.truncate(good)
+        self.path = path
+        self.scores = {record["key"]: record for record in read_jsonl_resuming(path)}
 
     @staticmethod
     def key(prompt: list[int], continuation: list[int]) -> str:

@@ -150,3 +150,22 @@ def read_jsonl(path: Path, what: str, fix: str) -> list[tuple[int, Any]]:
         except json.JSONDecodeError as error:
             raise AutoDecoError(f"{path}:{number}: not valid JSON ({error.msg} at column {error.colno}); each line must be one JSON object") from error
     return values
+
+
+def read_jsonl_resuming(path: Path) -> list[dict[str, Any]]:
+    """The records of an append-only JSONL file, for resuming: a last line cut short by a crash
+    (no newline, or not JSON) and anything after it are dropped and cut from the file."""
+    data = path.read_bytes() if path.is_file() else b""
+    records, good_end = [], 0
+    for line in data.splitlines(keepends=True):
+        if not line.endswith(b"\n"):
+            break
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+        good_end += len(line)
+    if good_end < len(data):
+        with path.open("r+b") as handle:
+            handle.truncate(good_end)
+    return records

@@ -31,7 +31,7 @@ from autodeco.evaluation.strategies import (
     AUTODECO, DEFAULT_ORACLE_TEMPERATURES, DEFAULT_ORACLE_TOP_PS, Decoding, Strategy, mean_decoding, resolve_baseline, static_decoding,
 )
 from autodeco.evaluation.tasks import Problem, Task
-from autodeco.io import atomic_write_text, prepare_output_dir
+from autodeco.io import atomic_write_text, prepare_output_dir, read_jsonl_resuming
 
 SAMPLES_NAME = "samples.jsonl"
 RUN_NAME = "run.json"
@@ -123,20 +123,8 @@ class SampleStore:
             self._load()
 
     def _load(self) -> None:
-        data = self.path.read_bytes()
-        good_end = 0
-        for line in data.splitlines(keepends=True):
-            if not line.endswith(b"\n"):
-                break  # the torn last line of an interrupted write
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                break
+        for record in read_jsonl_resuming(self.path):
             self.records[self.key(record)] = record
-            good_end += len(line)
-        if good_end < len(data):
-            with self.path.open("r+b") as handle:
-                handle.truncate(good_end)
 
     @staticmethod
     def key(record: dict[str, Any]) -> tuple[str, str, str, int]:
